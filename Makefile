@@ -1,0 +1,46 @@
+# The two commands a newcomer needs: `make demo` and `make test` (both install everything first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export DVC_NO_ANALYTICS := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)  # dvc.yaml calls the `kubeclip` console script
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test test-slow bench lock clean
+
+## install: a virtual environment with kubeclip and the tested set of dependencies (constraints.txt)
+install: $(STAMP)
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+## demo: the main job on the embedded synthetic default
+demo: install
+	dvc repro
+
+## test: the default suite (what CI runs)
+test: install
+	$(PY) -m pytest
+
+## test-slow: the long tests (full demo from a fresh clone, long benchmarks)
+test-slow: install
+	$(PY) -m pytest -m slow
+
+## bench: the speed benchmarks, each printing a ratio against a baseline run side by side
+bench: install
+	$(PY) benchmarks/train_step_throughput.py
+
+## lock: re-resolve the dependencies and write the tested set to constraints.txt
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Tested set: every package at the version the test suite last passed with."; \
+	  echo "# Regenerate with \`make lock\` after changing dependencies in pyproject.toml."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -v '^kubeclip'; } > constraints.txt
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

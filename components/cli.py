@@ -1,0 +1,38 @@
+"""The `kubeclip` console script: one sub-command per step, each registered by its own `cli.py`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module has `add_parser(subparsers)`, which registers its command(s) with `func` set.
+COMMAND_MODULES = [
+    "components.prepare.cli",
+    "components.train.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubeclip", allow_abbrev=False,
+        description="CLIP as MLOps steps: prepare image-text pairs, train, benchmark, export and serve.")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    args.argv = argv  # for commands that re-launch themselves (train under torchrun)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 1
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

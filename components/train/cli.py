@@ -1,0 +1,56 @@
+"""`kubeclip train`: flags in, the step called here or under a torchrun it launches for local multi-process use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+from components.options import add_options, options_from_args
+
+DESCRIPTION = ("Contrastive pre-training of CLIP on caption shards, one process per device. On a cluster run "
+               "`torchrun --nnodes N --nproc-per-node M -m components.train ...`; locally, --nproc-per-node M "
+               "launches torchrun itself.")
+
+
+def add_parser(subparsers) -> None:
+    from components.train.step import TrainOptions
+
+    parser = subparsers.add_parser("train", help="contrastive pre-training (single process, torchrun, DDP)",
+                                   description=DESCRIPTION, allow_abbrev=False)
+    add_options(parser, TrainOptions, params_section="train")
+    launch = parser.add_argument_group("local launch")
+    launch.add_argument("--nproc-per-node", type=int, default=1, metavar="M",
+                        help="processes on this machine; above 1, torchrun is launched with these flags")
+    launch.add_argument("--max-restarts", type=int, default=0, metavar="R",
+                        help="with --nproc-per-node: torchrun restarts after a worker failure; add --resume latest "
+                             "so restarts continue from the last checkpoint")
+    parser.set_defaults(func=lambda args: command(args, parser))
+
+
+def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.nproc_per_node > 1:
+        argv = _drop_values(args.argv[1:], ("--nproc-per-node", "--max-restarts"))
+        return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc-per-node={args.nproc_per_node}", f"--max-restarts={args.max_restarts}",
+                                "-m", "components.train", *argv])
+    from components.train.step import train
+
+    record = train(options_from_args(args, parser))
+    if record:  # the final metrics, from rank 0
+        print(json.dumps(record))
+    return 0
+
+
+def _drop_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """argv without the given flags and their values (as `--flag V` or `--flag=V`)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif not arg.startswith(tuple(f + "=" for f in flags)):
+            kept.append(arg)
+    return kept

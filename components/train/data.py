@@ -1,0 +1,154 @@
+"""Training batches from caption shards: split over processes and loader workers, shuffled, resumable.
+
+Every (process, worker) pair is a "slot" that streams its own share of the shards, epoch after
+epoch, and builds whole batches; the DataLoader takes batches from workers in turn. All randomness
+(shard order, shuffle buffer, crop, caption choice) is seeded by (seed, epoch, slot or sample key),
+so the stream is a pure function of the position: resuming skips the batches already trained on
+without decoding them, and gives the same batches an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import fsspec
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+import model
+from model.tokenizer import default_tokenizer
+
+IMAGE_SUFFIXES = ("jpg", "png", "webp")
+
+
+@dataclass(frozen=True)
+class Stream:
+    shards: tuple[str, ...]
+    batch_size: int  # per process
+    image_size: int
+    context_length: int
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    resample: bool = False  # draw shards with replacement instead of passing over them in epochs
+    rank: int = 0
+    world_size: int = 1
+
+
+def shard_urls(data: str, split: str = "train") -> tuple[str, ...]:
+    """The shard URLs of one split, from a prepare output's manifest.json."""
+    root = data.rstrip("/")
+    with fsspec.open(f"{root}/manifest.json", "r") as f:
+        manifest = json.load(f)
+    if split not in manifest.get("splits", {}) or not manifest["splits"][split]["shards"]:
+        raise SystemExit(f"{root}/manifest.json has no shards in split {split!r}; prepare the data first "
+                         "(kubeclip prepare ...)")
+    return tuple(f"{root}/{entry['name']}" for entry in manifest["splits"][split]["shards"])
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def read_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for each sample of a WebDataset tar, in file order."""
+    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        key, files = None, {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            stem, _, ext = member.name.rpartition("/")[2].partition(".")
+            if stem != key and files:
+                yield key, files
+                files = {}
+            key = stem
+            files[ext] = tar.extractfile(member).read()
+        if files:
+            yield key, files
+
+
+class CaptionBatches(IterableDataset):
+    """An endless stream of (images [B,3,H,W], token ids [B,L]) for one process."""
+
+    def __init__(self, stream: Stream, skip_batches: int = 0):
+        self.stream = stream
+        self.skip_batches = skip_batches  # batches this process already trained on
+        self.transform = model.image_transform(stream.image_size, train=True)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        # The loader takes batch b from worker b % workers, starting again at worker 0 on resume; so this
+        # worker plays the role of the worker that would have made the next batch it hands out.
+        role = (worker + self.skip_batches) % workers
+        skip = max(0, -(-(self.skip_batches - role) // workers))  # batches that role already made
+        s = self.stream
+        slot, slots = s.rank * workers + role, s.world_size * workers
+        batch: list[tuple[str, dict[str, bytes]]] = []
+        for sample in self._samples(slot, slots):
+            batch.append(sample)
+            if len(batch) < s.batch_size:
+                continue
+            if skip:
+                skip -= 1
+            else:
+                yield self._collate(batch)
+            batch = []
+
+    def _samples(self, slot: int, slots: int) -> Iterator[tuple[str, dict[str, bytes]]]:
+        s = self.stream
+        rng = random.Random(_seed(s.seed, "buffer", slot))
+        buffer: list[tuple[str, dict[str, bytes]]] = []
+        epoch = 0
+        while True:
+            for key, files in self._epoch_samples(epoch, slot, slots):
+                buffer.append((f"{epoch}/{key}", files))
+                if len(buffer) >= s.shuffle_buffer:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+            epoch += 1
+
+    def _epoch_samples(self, epoch: int, slot: int, slots: int) -> Iterator[tuple[str, dict[str, bytes]]]:
+        s = self.stream
+        rng = random.Random(_seed(s.seed, "shards", epoch, slot if s.resample else ""))
+        if s.resample:
+            yield from (x for _ in s.shards for x in read_samples(rng.choice(s.shards)))
+            return
+        order = list(s.shards)
+        rng.shuffle(order)
+        if len(order) >= slots:
+            for url in order[slot::slots]:
+                yield from read_samples(url)
+        else:  # fewer shards than slots: every slot reads all shards and keeps every slots-th sample
+            index = 0
+            for url in order:
+                for sample in read_samples(url):
+                    if index % slots == slot:
+                        yield sample
+                    index += 1
+
+    def _collate(self, batch: list[tuple[str, dict[str, bytes]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, captions = [], []
+        for key, files in batch:
+            rng = random.Random(_seed(self.stream.seed, "sample", key))
+            torch.manual_seed(rng.getrandbits(63))  # the random crop draws from torch's generator
+            data = next(files[ext] for ext in IMAGE_SUFFIXES if ext in files)
+            with Image.open(io.BytesIO(data)) as image:
+                images.append(self.transform(image))
+            meta = json.loads(files["json"]) if "json" in files else {}
+            options = meta.get("captions") or [files["txt"].decode()]
+            captions.append(options[rng.randrange(len(options))])
+        ids = default_tokenizer()(captions, self.stream.context_length)
+        return torch.stack(images), ids
+
+
+def loader(stream: Stream, workers: int, skip_batches: int = 0) -> DataLoader:
+    """Batches for this process; `skip_batches` resumes mid-epoch."""
+    return DataLoader(CaptionBatches(stream, skip_batches), batch_size=None, num_workers=workers,
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                      pin_memory=torch.cuda.is_available())

@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline(s) wiring kubeclip's components."""

@@ -1,0 +1,161 @@
+"""Training runs for real: torchrun with several processes and node agents, a worker killed and the
+run resumed, the checkpoint and metrics contracts, the Prometheus endpoint while training."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+import model
+from components.prepare import step as prepare
+from components.train import step as train_step
+from components.train.checkpoints import MARKER, STATE_FILE
+from tests.conftest import ROOT
+
+TINY = ["--model", "tiny-vit", "--batch-size", "8", "--workers", "1", "--shuffle-buffer", "16", "--log-every", "2",
+        "--warmup", "2"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("data")
+    prepare.prepare_synthetic(prepare.SyntheticOptions(out=str(out), samples=96, image_size=32, shard_size=16,
+                                                       eval_samples_per_class=1, workers=1))
+    return str(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kubeclip(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "components.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return model.load(out).state_dict()
+
+
+def test_checkpoints_metrics_and_resume_follow_the_contract(shards, tmp_path):
+    out = tmp_path / "run"
+    finish(kubeclip("train", "--data", shards, "--out", str(out), "--steps", "6", "--checkpoint-every", "2",
+                    "--keep-last", "2", *TINY))
+    checkpoints = out / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step-00000006"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == ["step-00000004", "step-00000006"]
+    step_dir = checkpoints / "step-00000006"
+    assert {p.name for p in step_dir.iterdir()} >= {"model.safetensors", "config.json", STATE_FILE, MARKER, "tokenizer"}
+    state = torch.load(step_dir / STATE_FILE, weights_only=True)
+    assert state["step"] == 6 and state["batches"] == 6
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert set(records[-1]) >= {"step", "loss", "lr", "logit_scale", "samples_per_second", "data_wait_seconds", "time"}
+    assert records[-1]["logit_scale"] == pytest.approx(1 / 0.07, rel=0.01)
+
+    # --steps is the total: resuming to 8 trains two more steps and logs them
+    finish(kubeclip("train", "--data", shards, "--out", str(out), "--steps", "8", "--checkpoint-every", "2",
+                    "--resume", "latest", *TINY))
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6, 8]
+    assert (checkpoints / "latest").read_text().strip() == "step-00000008"
+
+
+def test_torchrun_with_two_node_agents_trains(shards, tmp_path):
+    port, out = free_port(), tmp_path / "run"
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+                                "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id",
+                                "two-nodes", "-m", "components.train", "--data", shards, "--out", str(out),
+                                "--steps", "4", "--checkpoint-every", "4", *TINY],
+                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    for agent in agents:
+        finish(agent)
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["parameters"]["world_size"] == 2
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+
+
+def test_killed_worker_restarts_and_ends_with_the_same_weights(shards, tmp_path):
+    args = ["--data", shards, "--steps", "24", "--checkpoint-every", "4", "--resume", "latest", *TINY]
+    finish(kubeclip("train", "--out", str(tmp_path / "whole"), "--nproc-per-node", "2", *args))
+
+    out = tmp_path / "killed"
+    launcher = kubeclip("train", "--out", str(out), "--nproc-per-node", "2", "--max-restarts", "1", *args)
+    deadline = time.time() + 240
+    while not (out / "checkpoints" / "latest").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert (out / "checkpoints" / "latest").exists(), "no checkpoint was committed"
+    agent = next(p for p in psutil.Process(launcher.pid).children() if "torch.distributed.run" in p.cmdline())
+    workers = agent.children()  # the training processes torchrun started (their data loaders are below them)
+    assert len(workers) == 2
+    workers[-1].send_signal(signal.SIGKILL)
+    output = finish(launcher)
+    assert "exitcode: -9" in output  # torchrun saw the kill, restarted, and the run still finished
+
+    whole, resumed = weights(tmp_path / "whole"), weights(out)
+    assert max((whole[k] - resumed[k]).abs().max().item() for k in whole) <= 1e-6
+
+
+def test_metrics_endpoint_serves_the_named_metrics_while_training(shards, tmp_path):
+    port = free_port()
+    process = kubeclip("train", "--data", shards, "--out", str(tmp_path / "run"), "--steps", "400",
+                       "--checkpoint-every", "2", "--metrics-port", str(port), *TINY)
+    names = ["kubeclip_train_loss", "kubeclip_train_learning_rate", "kubeclip_train_logit_scale",
+             "kubeclip_train_samples_per_second", "kubeclip_train_step", "kubeclip_train_skipped_steps_total",
+             "kubeclip_train_data_wait_seconds_total", "kubeclip_train_last_progress_timestamp_seconds",
+             "kubeclip_train_last_checkpoint_timestamp_seconds"]
+    try:
+        deadline, page = time.time() + 180, ""
+        while time.time() < deadline:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                values = {line.split()[0]: float(line.split()[1]) for line in page.splitlines()
+                          if line.startswith("kubeclip_")}
+                if values.get("kubeclip_train_step", 0) >= 3 and values.get(
+                        "kubeclip_train_last_checkpoint_timestamp_seconds", 0) > 0:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert process.poll() is None, "training ended before the endpoint was read"
+        for name in names:
+            assert name in values, f"{name} missing from\n{page}"
+        assert values["kubeclip_train_logit_scale"] == pytest.approx(1 / 0.07, rel=0.01)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(shards, tmp_path, monkeypatch):
+    """Fault injection: the loss turns NaN from the third step on."""
+    calls = {"n": 0}
+    real_forward = train_step.ClipLoss.forward
+
+    def flaky(self, *args):
+        calls["n"] += 1
+        loss = real_forward(self, *args)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    monkeypatch.setattr(train_step.ClipLoss, "forward", flaky)
+    options = train_step.TrainOptions(data=shards, out=str(tmp_path / "run"), steps=20, batch_size=8, workers=0,
+                                      shuffle_buffer=16, max_nonfinite=3, checkpoint_every=100)
+    with pytest.raises(RuntimeError, match="not finite for 3 steps in a row"):
+        train_step.train(options)

@@ -1,0 +1,26 @@
+"""dvc.yaml runs the same entry points as the CLI, with params.yaml's sections as their flags."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def test_dvc_repro_runs_the_prepare_stage(tmp_path):
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"].update(samples=24, eval_samples_per_class=1, shard_size=10)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro"]):
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    manifest = json.loads((tmp_path / "runs" / "data" / "manifest.json").read_text())
+    assert manifest["rows_in"] == 4 * 24 == manifest["rows_written"]
+    assert json.loads((tmp_path / "runs" / "data" / "lineage.json").read_text())["parameters"]["shard_size"] == 10
