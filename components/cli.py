@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "components.prepare.cli",
     "components.train.cli",
+    "components.export.cli",
 ]
 
 

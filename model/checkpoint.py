@@ -33,9 +33,16 @@ def save(clip: CLIP, path: str | Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in clip.state_dict().items()}
     save_file(state, path / WEIGHTS_FILE)
+    save_config_and_tokenizer(clip, path)
+    return path / WEIGHTS_FILE
+
+
+def save_config_and_tokenizer(clip: CLIP, path: str | Path) -> None:
+    """`config.json` and `tokenizer/`: what any artifact of the model (weights, ONNX towers) travels with."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG_FILE).write_text(json.dumps(clip.config.to_dict(), indent=2) + "\n")
     default_tokenizer().save(path / TOKENIZER_DIR)
-    return path / WEIGHTS_FILE
 
 
 def find_weights(path: str | Path) -> Path:

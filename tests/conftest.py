@@ -3,6 +3,7 @@ machine with the install hint, and fail under CI=true, where they must be presen
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,3 +49,16 @@ def kfp_local(tmp_path, monkeypatch):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "pipeline-root"),
                raise_on_error=True)
     return tmp_path / "pipeline-root"
+
+
+SCHEMAS = SHARED_DATA.parent / "schemas"
+
+
+def validate_custom_resource(obj: dict) -> None:
+    """Validate a custom resource against its strict JSON Schema in ../shared/schemas (unknown fields fail)."""
+    import jsonschema
+
+    group, version = obj["apiVersion"].split("/")
+    path = SCHEMAS / group / f"{obj['kind'].lower()}_{version}.json"
+    require(path.is_file(), f"schema {path}", "the custom resource schemas live in ../shared/schemas")
+    jsonschema.validate(obj, json.loads(path.read_text()))

@@ -12,10 +12,11 @@ import yaml
 from tests.conftest import ROOT
 
 
-def test_dvc_repro_runs_the_prepare_stage(tmp_path):
+def test_dvc_repro_runs_the_local_pipeline(tmp_path):
     shutil.copy(ROOT / "dvc.yaml", tmp_path)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["prepare"].update(samples=24, eval_samples_per_class=1, shard_size=10)
+    params["train"].update(steps=3, batch_size=8, workers=0, checkpoint_every=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro"]):
@@ -24,3 +25,6 @@ def test_dvc_repro_runs_the_prepare_stage(tmp_path):
     manifest = json.loads((tmp_path / "runs" / "data" / "manifest.json").read_text())
     assert manifest["rows_in"] == 4 * 24 == manifest["rows_written"]
     assert json.loads((tmp_path / "runs" / "data" / "lineage.json").read_text())["parameters"]["shard_size"] == 10
+    assert (tmp_path / "runs" / "train" / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    train_lineage = json.loads((tmp_path / "runs" / "train" / "lineage.json").read_text())
+    assert train_lineage["parameters"]["batch_size"] == 8 and train_lineage["inputs"]["data"]["url"] == "runs/data"

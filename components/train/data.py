@@ -13,20 +13,16 @@ import hashlib
 import io
 import json
 import random
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import fsspec
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import model
+from components.datasets import image_bytes, read_samples
 from model.tokenizer import default_tokenizer
-
-IMAGE_SUFFIXES = ("jpg", "png", "webp")
-
 
 @dataclass(frozen=True)
 class Stream:
@@ -41,36 +37,8 @@ class Stream:
     world_size: int = 1
 
 
-def shard_urls(data: str, split: str = "train") -> tuple[str, ...]:
-    """The shard URLs of one split, from a prepare output's manifest.json."""
-    root = data.rstrip("/")
-    with fsspec.open(f"{root}/manifest.json", "r") as f:
-        manifest = json.load(f)
-    if split not in manifest.get("splits", {}) or not manifest["splits"][split]["shards"]:
-        raise SystemExit(f"{root}/manifest.json has no shards in split {split!r}; prepare the data first "
-                         "(kubeclip prepare ...)")
-    return tuple(f"{root}/{entry['name']}" for entry in manifest["splits"][split]["shards"])
-
-
 def _seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little")
-
-
-def read_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for each sample of a WebDataset tar, in file order."""
-    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        key, files = None, {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            stem, _, ext = member.name.rpartition("/")[2].partition(".")
-            if stem != key and files:
-                yield key, files
-                files = {}
-            key = stem
-            files[ext] = tar.extractfile(member).read()
-        if files:
-            yield key, files
 
 
 class CaptionBatches(IterableDataset):
@@ -137,8 +105,7 @@ class CaptionBatches(IterableDataset):
         for key, files in batch:
             rng = random.Random(_seed(self.stream.seed, "sample", key))
             torch.manual_seed(rng.getrandbits(63))  # the random crop draws from torch's generator
-            data = next(files[ext] for ext in IMAGE_SUFFIXES if ext in files)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(image_bytes(files))) as image:
                 images.append(self.transform(image))
             meta = json.loads(files["json"]) if "json" in files else {}
             options = meta.get("captions") or [files["txt"].decode()]

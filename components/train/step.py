@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import model
+from components.datasets import shard_urls
 from components.lineage import file_sha256, write_lineage
 from components.options import option
 from components.train import data
@@ -191,7 +192,7 @@ def train(opts: TrainOptions) -> dict:
     no_sync = net.no_sync if isinstance(net, DistributedDataParallel) else contextlib.nullcontext
     shared = [clip.logit_scale, *loss_fn.parameters()]
 
-    stream = data.Stream(data.shard_urls(opts.data, opts.split), opts.batch_size, clip.image_size,
+    stream = data.Stream(shard_urls(opts.data, opts.split), opts.batch_size, clip.image_size,
                          clip.context_length, opts.seed, opts.shuffle_buffer, opts.resample, env.rank, env.world_size)
     batches = iter(data.loader(stream, opts.workers, skip_batches=batches_done))
     metrics = TrainMetrics(opts.out, opts.metrics_port, opts.pushgateway, start) if env.main else None

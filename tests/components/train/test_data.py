@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from components.prepare import step as prepare
+from components.datasets import shard_urls
 from components.train import data
 
 
@@ -15,7 +16,7 @@ def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
     prepare.prepare_synthetic(prepare.SyntheticOptions(out=str(out), samples=48, image_size=32, shard_size=8,
                                                        val_fraction=0, eval_samples_per_class=1, workers=1))
-    return data.shard_urls(str(out))
+    return shard_urls(str(out))
 
 
 def keys_of_one_epoch(shards, world_size: int, workers: int) -> list[str]:

@@ -1,0 +1,1 @@
+"""The benchmark step: zero-shot classification, retrieval, linear probe and robustness, and the quality gate."""

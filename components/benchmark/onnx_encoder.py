@@ -1,0 +1,45 @@
+"""The Encoder interface over an export folder's ONNX towers, run by ONNX Runtime on the CPU."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import model
+from model.config import CLIPConfig
+from model.tokenizer import load_tokenizer
+
+
+class OnnxEncoder:
+    def __init__(self, export_dir: str | Path, image_model: str = "image_encoder.onnx",
+                 text_model: str = "text_encoder.onnx", batch_size: int = 64):
+        export_dir = Path(export_dir)
+        config = CLIPConfig.from_dict(json.loads((export_dir / "config.json").read_text()))
+        self.transform = model.image_transform(config.vision.image_size)
+        self.tokenizer = load_tokenizer(export_dir / "tokenizer")
+        self.context_length = config.text.context_length
+        self.image = ort.InferenceSession(str(export_dir / image_model), providers=["CPUExecutionProvider"])
+        self.text = ort.InferenceSession(str(export_dir / text_model), providers=["CPUExecutionProvider"])
+        self.batch_size = batch_size
+
+    def encode_images(self, images: list[bytes]) -> torch.Tensor:
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = np.stack([self.transform(Image.open(io.BytesIO(data))).numpy()
+                               for data in images[start:start + self.batch_size]])
+            out.append(self.image.run(["embedding"], {"pixel_values": pixels})[0])
+        return F.normalize(torch.from_numpy(np.concatenate(out)).float(), dim=-1)
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            ids = self.tokenizer(texts[start:start + self.batch_size], self.context_length).int().numpy()
+            out.append(self.text.run(["embedding"], {"input_ids": ids})[0])
+        return F.normalize(torch.from_numpy(np.concatenate(out)).float(), dim=-1)

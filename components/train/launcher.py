@@ -1,0 +1,103 @@
+"""Run training on Kubernetes as a Kubeflow PyTorchJob: patch the template in manifests/base/training/
+with the run's arguments, create it through the Kubernetes API, follow it to the end, clean up."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "training" / "kubeclip-train.yaml"
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+
+
+@dataclass(kw_only=True)
+class LaunchOptions:
+    name: str  # the PyTorchJob's name, unique in the namespace
+    namespace: str
+    train_args: list[str]  # `kubeclip train` flags, e.g. ["--data=s3://...", "--out=s3://...", "--steps=1000"]
+    image: str | None = None  # the training image; the template's by default
+    nodes: int = 2  # pods: one Master and nodes - 1 Workers
+    nproc_per_node: int = 1  # training processes per pod, one per GPU
+    gpus_per_node: int = 1
+    max_restarts: int = 3  # restarts of the whole run after a pod or process fails
+    template: Path = TEMPLATE
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict] = field(default_factory=list)
+
+
+def render_job(opts: LaunchOptions) -> dict:
+    """The PyTorchJob for this run: the template with name, image, arguments and sizes patched in."""
+    job = yaml.safe_load(opts.template.read_text())
+    job["metadata"]["name"] = opts.name
+    job["metadata"]["namespace"] = opts.namespace
+    spec = job["spec"]
+    spec["nprocPerNode"] = str(opts.nproc_per_node)
+    spec["elasticPolicy"].update(minReplicas=opts.nodes, maxReplicas=opts.nodes, maxRestarts=opts.max_restarts)
+    replicas = spec["pytorchReplicaSpecs"]
+    pod = replicas["Master"]["template"]
+    container = next(c for c in pod["spec"]["containers"] if c["name"] == "pytorch")
+    container["args"] = [*opts.train_args, "--resume=latest"] if not any(
+        a.startswith("--resume") for a in opts.train_args) else list(opts.train_args)
+    if opts.image:
+        container["image"] = opts.image
+    for kind in ("requests", "limits"):
+        if opts.gpus_per_node:
+            container["resources"][kind]["nvidia.com/gpu"] = str(opts.gpus_per_node)
+        else:
+            container["resources"][kind].pop("nvidia.com/gpu", None)
+    if opts.node_selector:
+        pod["spec"]["nodeSelector"] = dict(opts.node_selector)
+    if opts.tolerations:
+        pod["spec"]["tolerations"] = list(opts.tolerations)
+    replicas["Master"]["replicas"] = 1
+    if opts.nodes > 1:
+        replicas["Worker"] = {**replicas.get("Worker", {}), "replicas": opts.nodes - 1,
+                              "template": copy.deepcopy(pod)}
+    else:
+        replicas.pop("Worker", None)
+    return job
+
+
+def outcome(job: dict) -> tuple[str, str] | None:
+    """("Succeeded" | "Failed", message) once the job has finished, else None."""
+    for condition in reversed(job.get("status", {}).get("conditions", [])):
+        if condition.get("type") in ("Succeeded", "Failed") and condition.get("status") == "True":
+            return condition["type"], condition.get("message") or condition.get("reason", "")
+    return None
+
+
+def launch(opts: LaunchOptions, timeout: float = 7 * 24 * 3600, poll: float = 10.0, delete: bool = True) -> str:
+    """Create the job, wait for it to finish, print the master's log; raise with the reason if it failed."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    api, core = client.CustomObjectsApi(), client.CoreV1Api()
+    api.create_namespaced_custom_object(GROUP, VERSION, opts.namespace, PLURAL, render_job(opts))
+    try:
+        deadline = time.time() + timeout
+        while (result := outcome(api.get_namespaced_custom_object(GROUP, VERSION, opts.namespace, PLURAL,
+                                                                  opts.name))) is None:
+            if time.time() > deadline:
+                raise TimeoutError(f"PyTorchJob {opts.namespace}/{opts.name} did not finish in {timeout:.0f} s")
+            time.sleep(poll)
+        status, message = result
+        print(_master_log(core, opts))
+        if status == "Failed":
+            raise RuntimeError(f"PyTorchJob {opts.namespace}/{opts.name} failed: {message}")
+        return message
+    finally:
+        if delete:
+            api.delete_namespaced_custom_object(GROUP, VERSION, opts.namespace, PLURAL, opts.name)
+
+
+def _master_log(core, opts: LaunchOptions) -> str:
+    selector = f"training.kubeflow.org/job-name={opts.name},training.kubeflow.org/replica-type=master"
+    pods = core.list_namespaced_pod(opts.namespace, label_selector=selector).items
+    return "\n".join(core.read_namespaced_pod_log(p.metadata.name, opts.namespace, tail_lines=200) for p in pods)
