@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)  # dvc.yaml calls the `kubeclip` console script
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-slow bench lock clean
+.PHONY: install system-deps demo test test-slow bench lock clean
 
 ## install: a virtual environment with kubeclip and the tested set of dependencies (constraints.txt)
 install: $(STAMP)
@@ -17,12 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
+## system-deps: promtool (Debian's prometheus package) for the alerting-rule tests; installs only as root
+system-deps:
+	@if command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	else echo "promtool is missing: apt-get install -y prometheus (the promtool tests skip without it)"; fi
+
 ## demo: the main job on the embedded synthetic default
 demo: install
 	dvc repro
 
 ## test: the default suite (what CI runs)
-test: install
+test: install system-deps
 	$(PY) -m pytest
 
 ## test-slow: the long tests (full demo from a fresh clone, long benchmarks)

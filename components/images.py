@@ -4,3 +4,5 @@
 RUNTIME_IMAGE = "ghcr.io/kubeclip/kubeclip:0.1.0"
 # The GPU training image (CUDA PyTorch base plus this package).
 TRAIN_IMAGE = "ghcr.io/kubeclip/kubeclip-train:0.1.0"
+# The Triton serving image (a Triton release plus what the Python-backend models need).
+TRITON_IMAGE = "ghcr.io/kubeclip/kubeclip-triton:0.1.0"

@@ -40,8 +40,10 @@ def render_job(opts: LaunchOptions) -> dict:
     replicas = spec["pytorchReplicaSpecs"]
     pod = replicas["Master"]["template"]
     container = next(c for c in pod["spec"]["containers"] if c["name"] == "pytorch")
-    container["args"] = [*opts.train_args, "--resume=latest"] if not any(
-        a.startswith("--resume") for a in opts.train_args) else list(opts.train_args)
+    # the template's flags (resume, metrics port) stay unless the run sets them itself
+    given = {a.split("=", 1)[0] for a in opts.train_args if a.startswith("--")}
+    container["args"] = [*opts.train_args, *(a for a in container["args"] if a.split("=", 1)[0] not in given
+                                             and a.startswith(("--resume", "--metrics-port")))]
     if opts.image:
         container["image"] = opts.image
     for kind in ("requests", "limits"):

@@ -36,7 +36,8 @@ def test_launcher_patches_the_run_into_the_template():
         pod = spec["pytorchReplicaSpecs"][role]["template"]["spec"]
         container = pod["containers"][0]
         assert container["image"] == "registry.example/kubeclip-train:1.2"
-        assert container["args"] == ["--data=s3://b/d", "--out=s3://b/r", "--steps=1000", "--resume=latest"]
+        assert container["args"] == ["--data=s3://b/d", "--out=s3://b/r", "--steps=1000", "--resume=latest",
+                                     "--metrics-port=9090"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
         assert pod["nodeSelector"] == {"gpu": "h100"}
 

@@ -1,0 +1,268 @@
+"""The kustomize overlays: each renders, each object validates strictly (built-in kinds against
+Kubernetes' schemas, custom resources against ../shared/schemas), and the rendered objects keep the
+project's rules: serving never trains, containers run as non-root with limits, no secret values are
+committed, the pipeline's RBAC is namespaced and least privilege, and the serving objects agree with
+each other (runtime, InferenceService, ServiceAccount, monitors and policies)."""
+
+from __future__ import annotations
+
+import re
+
+import jsonschema
+import pytest
+import yaml
+
+from components import images
+from tests.manifests.conftest import (BASES, MANIFESTS, OVERLAYS, SERVING_OVERLAYS, by_kind, containers, kustomize,
+                                      manifest_files, one, validate)
+
+NAMESPACES = {"serving-dev": "kubeclip-dev", "serving-prod": "kubeclip", "training": "kubeclip",
+              "pipeline-rbac": "kubeclip", "monitoring": "monitoring"}
+CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "ClusterServingRuntime", "ClusterTrainingRuntime", "Namespace",
+                 "CustomResourceDefinition"}
+# What the pipeline may do, exactly: (API group, resource, verb).
+PIPELINE_RIGHTS = {
+    *(("kubeflow.org", "pytorchjobs", v) for v in ("create", "get", "list", "watch", "delete")),
+    ("", "pods", "get"),
+    ("", "pods", "list"),  # components/train/launcher.py finds the master pod by label to print its log
+    ("", "pods/log", "get"),
+    *(("serving.kserve.io", "inferenceservices", v) for v in ("create", "get", "patch")),
+}
+
+
+def test_the_issue_s_overlays_exist():
+    assert {"serving-dev", "serving-prod", "training", "pipeline-rbac"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_every_object_validates(render, overlay):
+    objects = render(overlay)
+    assert objects, f"{overlay} renders nothing"
+    for obj in objects:
+        validate(obj)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_sets_its_namespace_on_every_object(render, overlay):
+    for obj in render(overlay):
+        assert obj["kind"] not in CLUSTER_KINDS, f"{overlay}: {obj['kind']} is cluster-scoped"
+        assert obj["metadata"].get("namespace") == NAMESPACES[overlay], f"{overlay}: {obj['kind']}"
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_bases_leave_namespace_and_image_tags_to_overlays(base):
+    for obj in kustomize(MANIFESTS / "base" / base):
+        assert "namespace" not in obj["metadata"], f"base/{base}: {obj['kind']}/{obj['metadata']['name']}"
+        if base == "training":  # components/train/launcher.py uses the template's image as its default
+            continue
+        for where, container, _ in containers(obj):
+            if "image" in container:
+                assert ":" not in container["image"].rsplit("/", 1)[-1], f"base/{base}: {where} pins a tag"
+
+
+def test_validation_fails_on_unknown_kinds_and_fields(render):
+    """The validator itself: an unknown field or kind must fail, not warn."""
+    objects = render("serving-prod")
+    broken_builtin = by_kind(objects, "NetworkPolicy")[0]
+    broken_builtin["spec"]["egressRules"] = []
+    broken_custom = one(objects, "InferenceService")
+    broken_custom["spec"]["predictor"]["replicas"] = 2
+    unknown_custom = {"apiVersion": "serving.example.com/v1", "kind": "Model", "metadata": {"name": "x"}}
+    unknown_builtin = {"apiVersion": "v1", "kind": "Model", "metadata": {"name": "x"}}
+    for obj in (broken_builtin, broken_custom, unknown_custom, unknown_builtin):
+        with pytest.raises((pytest.fail.Exception, jsonschema.ValidationError)):
+            validate(obj)
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_serving_overlays_never_start_training(render, overlay):
+    objects = render(overlay)
+    kinds = {o["kind"] for o in objects}
+    assert not kinds & {"PyTorchJob", "TrainJob", "Job", "CronJob"}
+    assert not [o for o in objects if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "train"]
+
+
+def test_training_overlay_has_the_job_and_its_monitoring(render):
+    objects = render("training")
+    assert {o["kind"] for o in objects} == {"PyTorchJob", "ServiceAccount", "PodMonitor", "PrometheusRule"}
+    job, monitor = one(objects, "PyTorchJob"), one(objects, "PodMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]
+        assert selector.items() <= pod["metadata"]["labels"].items()
+        ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+        assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= ports
+        assert pod["spec"]["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_runs_as_non_root_with_limits(render, overlay):
+    for obj in render(overlay):
+        for where, container, pod_security in containers(obj):
+            security = {**pod_security, **container.get("securityContext", {})}
+            if obj["kind"] == "InferenceService" and where.endswith("predictor/model"):
+                security = pod_security  # merged into the runtime's container, checked on its own
+            else:
+                assert security.get("allowPrivilegeEscalation") is False, where
+                assert "ALL" in security.get("capabilities", {}).get("drop", []), where
+            assert security.get("runAsNonRoot") is True, where
+            assert security.get("runAsUser", 1000) != 0, where
+            limits = container.get("resources", {}).get("limits", {})
+            assert {"cpu", "memory"} <= limits.keys(), f"{where} has no cpu and memory limits"
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_serving_containers_have_read_only_root_filesystems(render, overlay):
+    for obj in render(overlay):
+        for where, container, _ in containers(obj):
+            if not where.endswith("/model"):
+                assert container["securityContext"]["readOnlyRootFilesystem"] is True, where
+
+
+def test_no_secret_values_are_committed(render):
+    documents = [(str(p.relative_to(MANIFESTS)), d) for p in manifest_files() if p.suffix != ".json"
+                 for d in yaml.safe_load_all(p.read_text()) if isinstance(d, dict)]
+    documents += [(overlay, o) for overlay in OVERLAYS for o in render(overlay)]
+    for where, doc in documents:
+        if doc.get("kind") == "Secret":
+            assert not doc.get("data") and not doc.get("stringData"), f"{where}: Secret {doc['metadata']['name']}"
+        if doc.get("kind") == "ConfigMap":
+            assert not re.search(r"AWS_SECRET_ACCESS_KEY|PRIVATE KEY", yaml.safe_dump(doc.get("data", {}))), where
+
+
+def test_pipeline_rbac_is_namespaced_and_least_privilege(render):
+    objects = render("pipeline-rbac")
+    assert sorted(o["kind"] for o in objects) == ["Role", "RoleBinding", "ServiceAccount"]
+    role, binding, account = one(objects, "Role"), one(objects, "RoleBinding"), one(objects, "ServiceAccount")
+    granted = [(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]]
+    assert len(granted) == len(set(granted)) and set(granted) == PIPELINE_RIGHTS
+    assert all(set(rule) == {"apiGroups", "resources", "verbs"} for rule in role["rules"])  # no resourceNames etc.
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": NAMESPACES["pipeline-rbac"]}]
+
+
+def test_no_overlay_grants_cluster_wide_or_wildcard_rights(render):
+    for overlay in OVERLAYS:
+        for obj in render(overlay):
+            assert obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"), overlay
+            for rule in obj.get("rules", []) if obj["kind"] == "Role" else []:
+                assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], overlay
+
+
+def _image_constants() -> set[str]:
+    return {v for k, v in vars(images).items() if k.isupper() and isinstance(v, str)}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_images_are_pinned_and_named_as_in_components_images(render, overlay):
+    known = _image_constants()
+    known_repositories = {i.rsplit(":", 1)[0] for i in known}
+    unnamed = set()
+    for obj in render(overlay):
+        for where, container, _ in containers(obj):
+            if "image" not in container:
+                continue
+            repository, _, tag = container["image"].rpartition(":")
+            assert repository.startswith("ghcr.io/kubeclip/") and tag and tag != "latest", where
+            if repository in known_repositories:
+                assert container["image"] in known, f"{where}: {container['image']} is not what components/images.py says"
+            else:
+                unnamed.add(container["image"])
+    if unnamed:
+        pytest.skip(f"components/images.py does not name {sorted(unnamed)} yet")
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_inference_service_and_runtime_agree(render, overlay):
+    objects = render(overlay)
+    isvc, runtime = one(objects, "InferenceService"), one(objects, "ServingRuntime")
+    account = one(objects, "ServiceAccount")
+    predictor, transformer = isvc["spec"]["predictor"], isvc["spec"]["transformer"]
+    model = predictor["model"]
+    assert isvc["metadata"]["name"] == "clip"
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["protocolVersion"] == "v2" and "v2" in runtime["spec"]["protocolVersions"]
+    assert {k: model["modelFormat"][k] for k in ("name", "version")} in [
+        {k: f[k] for k in ("name", "version")} for f in runtime["spec"]["supportedModelFormats"]]
+    assert model["storageUri"].startswith("s3://")
+    # KServe's defaults would replace resources the InferenceService leaves out, so both carry them.
+    assert model["resources"] == runtime["spec"]["containers"][0]["resources"]
+    # storage credentials: KServe's s3 annotations on the ServiceAccount, the secret by reference only
+    assert predictor["serviceAccountName"] == account["metadata"]["name"]
+    assert "serving.kserve.io/s3-endpoint" in account["metadata"]["annotations"]
+    assert account["secrets"] == [{"name": "kubeclip-storage"}]
+    for part in (predictor, transformer):
+        assert 1 <= part["minReplicas"] <= part["maxReplicas"]
+        assert part["scaleMetric"] and part["scaleTarget"] > 0
+    container = transformer["containers"][0]
+    assert container["image"].startswith("ghcr.io/kubeclip/kubeclip:")
+    assert container["command"] == ["python", "-m", "components.serve.transformer"]
+    args = container["args"]
+    assert args[args.index("--predictor_protocol") + 1] == model["protocolVersion"]
+    assert not {"--model_name", "--predictor_host", "--http_port"} & set(args)  # KServe injects these
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_triton_serves_prometheus_metrics_with_latency_summaries(render, overlay):
+    objects = render(overlay)
+    args = one(objects, "ServingRuntime")["spec"]["containers"][0]["args"]
+    assert args[0] == "tritonserver"
+    assert {"--model-store=/mnt/models", "--allow-metrics=true", "--metrics-port=8002",
+            "--metrics-config=summary_latencies=true"} <= set(args)
+    triton = next(m for m in by_kind(objects, "PodMonitor") if m["metadata"]["name"] == "kubeclip-triton")
+    relabel = triton["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert any(r.get("targetLabel") == "__address__" and r["replacement"].endswith(":8002") for r in relabel)
+
+
+def test_dev_serves_the_cpu_flavor_in_standard_mode(render):
+    objects = render("serving-dev")
+    isvc = one(objects, "InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert isvc["spec"]["predictor"]["model"]["storageUri"].endswith("/cpu")
+    assert {isvc["spec"][p]["scaleMetric"] for p in ("predictor", "transformer")} == {"cpu"}
+    assert "nvidia.com/gpu" not in yaml.safe_dump(objects)
+    assert not by_kind(objects, "AuthorizationPolicy")
+
+
+def test_prod_serves_the_gpu_flavor_in_knative_mode_with_mesh_policies(render):
+    objects = render("serving-prod")
+    isvc, runtime = one(objects, "InferenceService"), one(objects, "ServingRuntime")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    assert isvc["spec"]["predictor"]["model"]["storageUri"].endswith("/gpu")
+    assert {isvc["spec"][p]["scaleMetric"] for p in ("predictor", "transformer")} == {"concurrency"}
+    for resources in (isvc["spec"]["predictor"]["model"]["resources"], runtime["spec"]["containers"][0]["resources"]):
+        assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+    policies = by_kind(objects, "AuthorizationPolicy")
+    assert {p["spec"]["selector"]["matchLabels"]["component"] for p in policies} == {"predictor", "transformer"}
+    assert all(p["spec"]["action"] == "ALLOW" for p in policies)
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_monitors_and_policies_select_the_service_s_pods(render, overlay):
+    """KServe labels the pods serving.kserve.io/inferenceservice=<name> and component=<part>."""
+    objects = render(overlay)
+    name = one(objects, "InferenceService")["metadata"]["name"]
+    selectors = {"PodMonitor": lambda o: o["spec"]["selector"]["matchLabels"],
+                 "NetworkPolicy": lambda o: o["spec"]["podSelector"]["matchLabels"],
+                 "AuthorizationPolicy": lambda o: o["spec"]["selector"]["matchLabels"]}
+    for kind, selector in selectors.items():
+        found = [selector(o) for o in by_kind(objects, kind)]
+        if kind == "AuthorizationPolicy" and not found:
+            continue
+        assert sorted(found, key=lambda s: s["component"]) == [
+            {"serving.kserve.io/inferenceservice": name, "component": "predictor"},
+            {"serving.kserve.io/inferenceservice": name, "component": "transformer"}], f"{overlay}: {kind}"
+
+
+def test_base_files_are_named_after_their_object():
+    """One object per file, named after its metadata.name (plus its kind where names are shared)."""
+    for path in (MANIFESTS / "base").rglob("*.yaml"):
+        if path.name == "kustomization.yaml":
+            continue
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        assert len(documents) == 1, path
+        name, kind = documents[0]["metadata"]["name"], documents[0]["kind"].lower()
+        assert path.stem in (name, f"{name}-{kind}"), path
