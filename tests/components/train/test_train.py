@@ -4,7 +4,6 @@ run resumed, the checkpoint and metrics contracts, the Prometheus endpoint while
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import model
 from components.prepare import step as prepare
 from components.train import step as train_step
 from components.train.checkpoints import MARKER, STATE_FILE
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 TINY = ["--model", "tiny-vit", "--batch-size", "8", "--workers", "1", "--shuffle-buffer", "16", "--log-every", "2",
         "--warmup", "2"]
@@ -31,12 +30,6 @@ def shards(tmp_path_factory) -> str:
     prepare.prepare_synthetic(prepare.SyntheticOptions(out=str(out), samples=96, image_size=32, shard_size=16,
                                                        eval_samples_per_class=1, workers=1))
     return str(out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kubeclip(*args: str, **kwargs) -> subprocess.Popen:

@@ -1,0 +1,1 @@
+"""The deploy step: the Triton repository rolled out as a KServe InferenceService, canary-checked in Prometheus."""
