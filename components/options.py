@@ -101,3 +101,19 @@ def _base_type(hint: Any) -> tuple[type, bool]:
     if typing.get_origin(hint) in (list, tuple):
         return args[0], True
     return hint, False
+
+
+def to_argv(options) -> list[str]:
+    """The flags that recreate `options` (those that differ from the defaults), e.g. for a relaunch under torchrun."""
+    argv = []
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if not f.init or value == _default(f) or value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag_name(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            argv += [flag_name(f.name), *map(str, value)]
+        else:
+            argv.append(f"{flag_name(f.name)}={value}")
+    return argv

@@ -1,8 +1,12 @@
-"""The torchrun entry point: `torchrun ... -m components.train --data DIR --out DIR ...`."""
+"""The torchrun entry point: `torchrun ... -m components.train --data DIR --out DIR ...` (the flags of
+`kubeclip train`); each process trains, and the launcher reports."""
 
 import sys
 
-from components.cli import main
+from components.cli import build_parser
+from components.options import options_from_args
+from components.train.step import train
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    parser = build_parser()
+    train(options_from_args(parser.parse_args(["train", *sys.argv[1:]]), parser))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 
 from components.options import add_options, options_from_args
 
@@ -30,27 +28,7 @@ def add_parser(subparsers) -> None:
 
 
 def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    if args.nproc_per_node > 1:
-        argv = _drop_values(args.argv[1:], ("--nproc-per-node", "--max-restarts"))
-        return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                f"--nproc-per-node={args.nproc_per_node}", f"--max-restarts={args.max_restarts}",
-                                "-m", "components.train", *argv])
-    from components.train.step import train
+    from components.train.run import run
 
-    record = train(options_from_args(args, parser))
-    if record:  # the final metrics, from rank 0
-        print(json.dumps(record))
+    print(json.dumps(run(options_from_args(args, parser), args.nproc_per_node, args.max_restarts)))
     return 0
-
-
-def _drop_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
-    """argv without the given flags and their values (as `--flag V` or `--flag=V`)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in flags:
-            skip = True
-        elif not arg.startswith(tuple(f + "=" for f in flags)):
-            kept.append(arg)
-    return kept

@@ -81,7 +81,12 @@ def launch(opts: LaunchOptions, timeout: float = 7 * 24 * 3600, poll: float = 10
     except config.ConfigException:
         config.load_kube_config()
     api, core = client.CustomObjectsApi(), client.CoreV1Api()
-    api.create_namespaced_custom_object(GROUP, VERSION, opts.namespace, PLURAL, render_job(opts))
+    try:
+        api.create_namespaced_custom_object(GROUP, VERSION, opts.namespace, PLURAL, render_job(opts))
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+        print(f"PyTorchJob {opts.namespace}/{opts.name} exists (a retried task): following it")
     try:
         deadline = time.time() + timeout
         while (result := outcome(api.get_namespaced_custom_object(GROUP, VERSION, opts.namespace, PLURAL,

@@ -1,0 +1,19 @@
+"""KFP component of the export step: a checkpoint into ONNX towers, failing the task when parity gates fail."""
+
+from kfp import dsl
+
+from components.images import RUNTIME_IMAGE
+
+
+@dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
+def export(checkpoint: dsl.Input[dsl.Model], exported: dsl.Output[dsl.Model], parity: dsl.Output[dsl.Metrics],
+           fp16: bool = True, opset: int = 17, parity_images: int = 64):
+    """ONNX towers (+ fp16) and export_report.json into `exported`; the parity figures as metrics."""
+    from components.export.step import ExportOptions, export
+
+    report = export(ExportOptions(checkpoint=checkpoint.path, out=exported.path, fp16=fp16, opset=opset,
+                                  parity_images=parity_images))
+    for artifact, figures in report["artifacts"].items():
+        for name, value in figures.items():
+            parity.log_metric(f"{artifact.removesuffix('.onnx').replace('.', '_')}_{name}", value)
+    exported.metadata["tensorrt"] = report["tensorrt"]

@@ -1,0 +1,36 @@
+"""Where a training run happens: in this process, under a local torchrun, or as a PyTorchJob on the cluster.
+Whichever, the run's last metrics record is read back from its `metrics.jsonl`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import fsspec
+
+from components.options import to_argv
+from components.train.launcher import LaunchOptions, launch
+from components.train.step import TrainOptions, train
+
+
+def run(opts: TrainOptions, nproc_per_node: int = 1, max_restarts: int = 0,
+        cluster: LaunchOptions | None = None) -> dict:
+    if cluster is not None:
+        cluster.train_args = to_argv(opts)
+        launch(cluster)
+    elif nproc_per_node > 1:
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 f"--nproc-per-node={nproc_per_node}", f"--max-restarts={max_restarts}",
+                                 "-m", "components.train", *to_argv(opts)])
+        if result.returncode:
+            raise SystemExit(f"training under torchrun failed (exit code {result.returncode}); see its log above")
+    else:
+        train(opts)
+    return last_record(opts.out)
+
+
+def last_record(out: str) -> dict:
+    with fsspec.open(f"{out.rstrip('/')}/metrics.jsonl", "r") as f:
+        lines = f.read().splitlines()
+    return json.loads(lines[-1]) if lines else {}
