@@ -1,7 +1,9 @@
 """CLIP's byte-level BPE tokenizer, producing the same ids as OpenAI's and open_clip's.
 
 The vocabulary file is read from the installed open-clip-torch distribution (without importing it),
-or from a checkpoint's `tokenizer/` folder, where `save_tokenizer` puts a copy.
+or from a checkpoint's `tokenizer/` folder, where `ClipTokenizer.save` puts a copy. This file is
+copied as it is into the Triton repository's tokenizer model: torch is imported only where a tensor
+is asked for.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from pathlib import Path
 
 import ftfy
 import regex
-import torch
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 CONFIG_FILE = "tokenizer_config.json"
@@ -107,15 +108,22 @@ class ClipTokenizer:
         text = "".join(self.decoder[i] for i in ids)
         return bytearray(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
-    def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
-        """Token ids `[N, context_length]`: start, text, end, zero padding; too-long texts are cut, keeping the end token."""
-        texts = [texts] if isinstance(texts, str) else texts
+    def padded_ids(self, texts: list[str], context_length: int | None = None) -> list[list[int]]:
+        """Rows of `context_length` ids: start, text, end, zero padding; too-long texts are cut, keeping the end."""
         length = context_length or self.context_length
         rows = []
         for text in texts:
             ids = [self.sot_token_id, *self.encode(text)][: length - 1] + [self.eot_token_id]
             rows.append(ids + [0] * (length - len(ids)))
-        return torch.tensor(rows, dtype=torch.long).view(len(texts), length)
+        return rows
+
+    def __call__(self, texts: str | list[str], context_length: int | None = None):
+        """Token ids, LongTensor `[N, context_length]`."""
+        import torch
+
+        texts = [texts] if isinstance(texts, str) else texts
+        length = context_length or self.context_length
+        return torch.tensor(self.padded_ids(texts, length), dtype=torch.long).view(len(texts), length)
 
     def save(self, directory: str | Path) -> None:
         """Write `tokenizer_config.json` and a copy of the vocabulary, so a checkpoint carries its tokenizer."""
@@ -141,6 +149,6 @@ def default_tokenizer() -> ClipTokenizer:
     return ClipTokenizer()
 
 
-def tokenize(texts: str | list[str], context_length: int = CONTEXT_LENGTH) -> torch.Tensor:
+def tokenize(texts: str | list[str], context_length: int = CONTEXT_LENGTH):
     """CLIP BPE ids `LongTensor[N, context_length]`, equal to open_clip's `tokenize`."""
     return default_tokenizer()(texts, context_length)

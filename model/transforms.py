@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import torch
 from torchvision import transforms as T
 
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
+from model.preprocess import MEAN, STD, eval_pixels
 
 
-def image_transform(image_size: int, train: bool = False) -> T.Compose:
+class EvalTransform:
+    """PIL image -> [3, size, size]; the same function serving runs (model/preprocess.py)."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def __call__(self, image) -> torch.Tensor:
+        return torch.from_numpy(eval_pixels(image, self.image_size))
+
+
+def image_transform(image_size: int, train: bool = False):
     """PIL image -> normalised float tensor [3, image_size, image_size].
 
     Eval: shorter side to `image_size` (bicubic), centre crop. Train: random resized crop covering
     90-100% of the image, which CLIP used as its only augmentation.
     """
-    if train:
-        resize = [T.RandomResizedCrop(image_size, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC)]
-    else:
-        resize = [T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(image_size)]
-    return T.Compose([*resize, T.Lambda(_to_rgb), T.ToTensor(), T.Normalize(MEAN, STD)])
+    if not train:
+        return EvalTransform(image_size)
+    return T.Compose([T.RandomResizedCrop(image_size, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                      T.Lambda(_to_rgb), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 def _to_rgb(image):

@@ -1,0 +1,224 @@
+"""Serving throughput on the CPU: ONNX Runtime against PyTorch eager, and Triton end to end.
+
+One run builds a CLIP (random weights: speed does not depend on them), exports it, and measures:
+
+  towers     image embeddings/s of the image tower alone, pixels in, at --batch-size: PyTorch eager
+             (torch.inference_mode) and ONNX Runtime (CPU provider) on the same tensors, alternating
+             rounds of at least 2 s each; the goal is on the median of the rounds' ratios (a round's pair
+             sees the same load on a shared machine): ONNX Runtime >= 1.5x PyTorch.
+  raw ORT    image embeddings/s from encoded images (decode, preprocess, ONNX Runtime) in this process at
+             --batch-size, median of 3 passes: the same work Triton does per image, without serving.
+  Triton     the cpu-flavor repository on the nvidia-pytriton tritonserver; closed-loop gRPC clients (one
+             thread and connection each) send one image per request to the clip_embed_image ensemble for
+             --duration seconds at each concurrency, against two servers (dynamic batching on, off) measured
+             back to back; QPS, p50 and p99 latency. Saturation is the best QPS with batching on; goal:
+             >= 0.7x raw ORT. The load client runs on the same cores as the server, so it is charged to Triton.
+
+Images are Flickr8k JPEGs when --data has them, else synthetic PNGs.
+
+    python benchmarks/serve_throughput.py                  # ViT-B-32 at 224 px: about 4 minutes on 2 cores
+    python benchmarks/serve_throughput.py --model tiny-vit --duration 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import tritonclient.grpc as grpcclient
+
+import model
+from components.benchmark.onnx_encoder import OnnxEncoder
+from components.export.onnx_towers import ImageTower
+from components.export.step import ExportOptions, export
+from components.export.triton_repo import TritonRepoOptions, triton_repo
+from components.prepare import synthetic
+from components.serve.triton_server import TritonServer
+
+
+def sample_images(data: str, count: int, image_size: int) -> tuple[list[bytes], str]:
+    folder = Path(data) / "images"
+    if folder.is_dir():
+        paths = sorted(folder.glob("*.jpg"))[:count]
+        return [p.read_bytes() for p in paths], f"{len(paths)} Flickr8k JPEGs"
+    images = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        synthetic.composition_sample(i, 0, image_size).image.save(buffer, "PNG")
+        images.append(buffer.getvalue())
+    return images, f"{count} synthetic PNGs ({data} not found)"
+
+
+def towers(clip: model.CLIP, export_dir: Path, batch: int, rounds: int, seconds: float = 2) -> dict[str, list]:
+    """Image embeddings/s of the image tower per round: PyTorch eager and ONNX Runtime, same tensors; a round
+    runs each for at least `seconds`, back to back, so the pair sees the same machine load."""
+    pixels = torch.randn(batch, 3, clip.image_size, clip.image_size)
+    tower = ImageTower(clip.eval())
+    session = ort.InferenceSession(str(export_dir / "image_encoder.onnx"), providers=["CPUExecutionProvider"])
+    feed = {"pixel_values": pixels.numpy()}
+    runs = {"pytorch": lambda: tower(pixels), "onnxruntime": lambda: session.run(None, feed)}
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for run in runs.values():
+            run()  # untimed: first-call allocation and kernel selection
+        for r in range(rounds):
+            for name in runs if r % 2 == 0 else reversed(list(runs)):
+                start, calls = time.perf_counter(), 0
+                while calls == 0 or time.perf_counter() - start < seconds:
+                    runs[name]()
+                    calls += 1
+                rates[name].append(calls * batch / (time.perf_counter() - start))
+    return rates
+
+
+def raw_onnx(export_dir: Path, images: list[bytes], batch: int, passes: int) -> float:
+    """Median image embeddings/s of `passes` over the encoded images through OnnxEncoder (decode, preprocess,
+    ONNX Runtime)."""
+    encoder = OnnxEncoder(export_dir, batch_size=batch)
+    encoder.encode_images(images[:batch])
+    rates = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        encoder.encode_images(images)
+        rates.append(len(images) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def load(url: str, images: list[bytes], concurrency: int, duration: float, warmup: float) -> dict[str, float]:
+    """Closed loop: `concurrency` threads each send one image per request for `warmup` + `duration` s; the
+    requests that start after the warm-up count."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[BaseException] = []
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+
+    def client(k: int) -> None:
+        connection = grpcclient.InferenceServerClient(url)
+        try:
+            i = k
+            while (sent := time.perf_counter()) < stop_at:
+                tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+                tensor.set_data_from_numpy(np.array([[images[i % len(images)]]], dtype=object))
+                connection.infer("clip_embed_image", [tensor])
+                if sent >= measure_from:
+                    latencies[k].append(time.perf_counter() - sent)
+                i += concurrency
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    done = np.array([x for per_client in latencies for x in per_client])
+    elapsed = time.perf_counter() - measure_from
+    return {"qps": len(done) / elapsed, "p50_ms": 1e3 * np.percentile(done, 50),
+            "p99_ms": 1e3 * np.percentile(done, 99), "requests": len(done)}
+
+
+def triton(export_dir: Path, work: Path, images: list[bytes], args) -> dict[bool, dict[int, dict]]:
+    """{batching on?: {concurrency: figures}}. Both servers run side by side (the idle one costs nothing)
+    and each concurrency measures them back to back, alternating which goes first, so a change in the
+    machine's load hits both alike."""
+    repos = {}
+    for batching in (True, False):
+        repos[batching] = work / f"repo-batching-{'on' if batching else 'off'}"
+        triton_repo(TritonRepoOptions(export=str(export_dir), out=str(repos[batching]), flavor="cpu",
+                                      dynamic_batching=batching, max_batch_size=args.max_batch_size))
+    results: dict[bool, dict[int, dict]] = {True: {}, False: {}}
+    with TritonServer(repos[True], log_file=work / "on.log", exit_timeout=2) as on, \
+            TritonServer(repos[False], log_file=work / "off.log", exit_timeout=2) as off:
+        servers = {True: on, False: off}
+        for i, concurrency in enumerate(args.concurrency):
+            for batching in (True, False) if i % 2 == 0 else (False, True):
+                r = results[batching][concurrency] = load(servers[batching].grpc_url, images, concurrency,
+                                                          args.duration, args.warmup)
+                print(f"  batching {'on ' if batching else 'off'} concurrency {concurrency:3d}: {r['qps']:8.1f} QPS, "
+                      f"p50 {r['p50_ms']:8.1f} ms, p99 {r['p99_ms']:8.1f} ms ({r['requests']} requests)", flush=True)
+    return results
+
+
+def report(args, described: str, tower: dict[str, list], raw: float, served: dict[bool, dict[int, dict]]) -> None:
+    paired = [o / p for o, p in zip(tower["onnxruntime"], tower["pytorch"])]
+    speedup = statistics.median(paired)
+    print(f"\n{args.model}, {described}, {os.cpu_count()} cores, load average now {os.getloadavg()[0]:.1f}")
+    print(f"image tower, batch {args.batch_size}, median of {args.rounds} rounds:")
+    print(f"  PyTorch eager   {statistics.median(tower['pytorch']):9.1f} images/s")
+    print(f"  ONNX Runtime    {statistics.median(tower['onnxruntime']):9.1f} images/s")
+    print(f"  ONNX Runtime / PyTorch, median of the rounds' ratios: {speedup:.2f}x (rounds {min(paired):.2f}.."
+          f"{max(paired):.2f}), goal >= 1.5x: {'met' if speedup >= 1.5 else 'MISSED'}")
+    print(f"raw ONNX Runtime from encoded images, batch {args.batch_size}: {raw:9.1f} images/s")
+    print(f"\nTriton, clip_embed_image over gRPC, one image per request, {args.duration:g} s per point:")
+    print(f"  {'concurrency':>11} | {'batching on: QPS':>16} {'p50 ms':>8} {'p99 ms':>8} | "
+          f"{'batching off: QPS':>17} {'p50 ms':>8} {'p99 ms':>8}")
+    for c in args.concurrency:
+        on, off = served[True][c], served[False][c]
+        print(f"  {c:>11} | {on['qps']:16.1f} {on['p50_ms']:8.1f} {on['p99_ms']:8.1f} | "
+              f"{off['qps']:17.1f} {off['p50_ms']:8.1f} {off['p99_ms']:8.1f}")
+    saturation = max(r["qps"] for r in served[True].values())
+    ratio = saturation / raw
+    print(f"Triton at saturation (batching on) / raw ONNX Runtime: {saturation:.1f} / {raw:.1f} = {ratio:.2f}x, "
+          f"goal >= 0.7x: {'met' if ratio >= 0.7 else 'MISSED'}")
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="ViT-B-32", help="built-in model config or JSON file (default: %(default)s)")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"),
+                   help="Flickr8k folder (images/*.jpg); synthetic images when absent (default: %(default)s)")
+    p.add_argument("--images", type=positive, default=64, help="distinct images cycled through (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive, default=16,
+                   help="batch of the tower and raw ONNX Runtime runs (default: %(default)s)")
+    p.add_argument("--rounds", type=positive, default=5, help="rounds of the tower runs (default: %(default)s)")
+    p.add_argument("--concurrency", type=positive, nargs="+", default=[1, 8, 32],
+                   help="Triton client concurrencies (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=12,
+                   help="measured seconds per Triton point (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=3,
+                   help="unmeasured seconds before each point (default: %(default)s)")
+    p.add_argument("--max-batch-size", type=positive, default=32,
+                   help="the repository's max_batch_size, the dynamic batcher's ceiling (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    clip = model.build(args.model).eval()
+    images, described = sample_images(args.data, args.images, clip.image_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model.save(clip, work / "checkpoint")
+        print(f"exporting {args.model} ...", flush=True)
+        export(ExportOptions(checkpoint=str(work / "checkpoint"), out=str(work / "export"), parity_images=8))
+        print("towers: PyTorch eager vs ONNX Runtime ...", flush=True)
+        tower = towers(clip, work / "export", args.batch_size, args.rounds)
+        print("raw ONNX Runtime from encoded images ...", flush=True)
+        raw = raw_onnx(work / "export", images, args.batch_size, passes=3)
+        print("Triton ...", flush=True)
+        served = triton(work / "export", work, images, args)
+    report(args, described, tower, raw, served)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""The package step: an export folder into a Triton model repository (the pipeline's "package").
+
+Six models, the same names in both flavors: `clip_tokenizer` and `clip_image_preprocess` (Python),
+`clip_text_encoder` and `clip_image_encoder`, and the ensembles `clip_embed_text` (TEXT -> EMBEDDING)
+and `clip_embed_image` (IMAGE -> EMBEDDING). Only the encoders differ by flavor: `gpu` runs them on
+the ONNX Runtime backend with TensorRT (or as TensorRT plans when the export has them), `cpu` as
+Python models running ONNX Runtime, for Triton builds without the ONNX Runtime backend. The Python
+models are self-contained: their code and the tokenizer files are copied into the version folders.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import onnx
+from PIL import Image
+
+import model
+from components.export.onnx_towers import IMAGE_ONNX, TEXT_ONNX
+from components.lineage import file_sha256, write_lineage
+from components.options import option
+from components.serve import model_config as mc
+from components.serve.triton_models import SOURCES
+
+TOKENIZER, PREPROCESS = "clip_tokenizer", "clip_image_preprocess"
+TEXT_ENCODER, IMAGE_ENCODER = "clip_text_encoder", "clip_image_encoder"
+EMBED_TEXT, EMBED_IMAGE = "clip_embed_text", "clip_embed_image"
+MODELS = (TOKENIZER, PREPROCESS, TEXT_ENCODER, IMAGE_ENCODER, EMBED_TEXT, EMBED_IMAGE)
+FLAVORS = ("gpu", "cpu")
+PLAN_MAX_BATCH = 64  # the batch profile components/export/tensorrt.py builds plans for
+_ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
+               onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT64: "TYPE_INT64"}
+_TOKENIZER_OUTPUTS = ("input_ids",)  # what the clip_bpe tokenizer produces (HF tokenizers add attention_mask)
+# each Python model's version folder: file name there -> its source; the tokenizer and the pixels are
+# model/'s own files, copied, so serving computes exactly what training and evaluation do
+_MODEL_DIR = Path(model.__file__).parent
+_PYTHON_FILES = {
+    TOKENIZER: {"model.py": SOURCES / "tokenizer_model.py", "clip_bpe.py": _MODEL_DIR / "tokenizer.py",
+                "triton_io.py": SOURCES / "triton_io.py"},
+    PREPROCESS: {"model.py": SOURCES / "preprocess_model.py", "image_decode.py": SOURCES / "image_decode.py",
+                 "clip_preprocess.py": _MODEL_DIR / "preprocess.py", "triton_io.py": SOURCES / "triton_io.py"},
+    "encoder": {"model.py": SOURCES / "onnx_model.py", "triton_io.py": SOURCES / "triton_io.py"},  # cpu flavor
+}
+
+
+class RepositoryError(SystemExit):
+    """The export folder cannot be packaged as asked."""
+
+
+@dataclass(kw_only=True)
+class TritonRepoOptions:
+    export: str = option(help="export folder (kubeclip export --out): ONNX towers, tokenizer/, config.json, "
+                              "lineage.json")
+    out: str = option(help="model repository to write (models already there are replaced at this version)")
+    flavor: str = option("gpu", "gpu: encoders on the ONNX Runtime backend with TensorRT, or TensorRT plans when the "
+                                "export has them; cpu: encoders as Python models running ONNX Runtime")
+    version: int = option(1, "the version folder the models are written to")
+    max_batch_size: int = option(64, "largest batch of any model; clients send [N, 1] with N up to this")
+    dynamic_batching: bool = option(True, "let Triton merge concurrent requests into batches")
+    max_queue_delay_us: int = option(1000, "how long an encoder's dynamic batcher may hold a request to fill a "
+                                           "batch (the tokenizer and preprocessing batch only what is queued)")
+    encoder_instances: int = option(1, "instances of each encoder (per GPU in the gpu flavor)")
+    python_instances: int = option(2, "instances of the tokenizer and of the image preprocessing (CPU processes)")
+    max_image_bytes: int = option(10 * 2**20, "largest encoded image accepted, in bytes")
+    max_image_pixels: int = option(40_000_000, "largest image accepted, in pixels (width x height)")
+    max_text_bytes: int = option(16384, "longest text accepted, in UTF-8 bytes")
+    trt_cache_dir: str = option("/tmp/kubeclip-trt-cache", "gpu flavor: where ONNX Runtime caches TensorRT engines "
+                                                           "(a writable volume in the serving pod)")
+
+
+def triton_repo(opts: TritonRepoOptions) -> dict:
+    """Write the repository; returns a summary (models with their platform or backend, the model id)."""
+    started = time.time()
+    export, out = Path(opts.export), Path(opts.out)
+    _check(opts, export)
+    model_id = model_id_of(export)
+    t = _Tensors.of(json.loads((export / "config.json").read_text()))
+    _check_tower(export / TEXT_ONNX, t.ids)
+    _check_tower(export / IMAGE_ONNX, t.pixels)
+    scheduling = mc.Scheduling(opts.max_batch_size, opts.dynamic_batching, opts.max_queue_delay_us)
+    no_wait = replace(scheduling, max_queue_delay_us=0)  # item-by-item work gains nothing from waiting for a batch
+    common = {mc.MODEL_ID_PARAMETER: model_id}
+
+    version_dir = _model_dir(out, TOKENIZER, opts.version, _PYTHON_FILES[TOKENIZER])
+    shutil.copytree(export / "tokenizer", version_dir / "tokenizer")
+    _model_dir(out, PREPROCESS, opts.version, _PYTHON_FILES[PREPROCESS])
+    configs = {
+        TOKENIZER: mc.python_model(
+            TOKENIZER, no_wait, t.text, t.ids, opts.python_instances,
+            {**common, "max_text_bytes": opts.max_text_bytes},
+            mc.warmup(t.text, [1], {"TEXT": _warmup_file(out / TOKENIZER, "text", b"a photo of a cat.")})),
+        PREPROCESS: mc.python_model(
+            PREPROCESS, no_wait, t.image, t.pixels, opts.python_instances,
+            {**common, "max_image_bytes": opts.max_image_bytes, "max_image_pixels": opts.max_image_pixels},
+            mc.warmup(t.image, [1], {"IMAGE": _warmup_file(out / PREPROCESS, "image", _warmup_png())})),
+        TEXT_ENCODER: _encoder(opts, out, export, TEXT_ENCODER, TEXT_ONNX, t.ids, t.embedding, scheduling, common),
+        IMAGE_ENCODER: _encoder(opts, out, export, IMAGE_ENCODER, IMAGE_ONNX, t.pixels, t.embedding, scheduling,
+                                common),
+        EMBED_TEXT: _ensemble(out, opts.version, EMBED_TEXT, t.text, TOKENIZER, t.ids, TEXT_ENCODER, t.output,
+                              scheduling, common),
+        EMBED_IMAGE: _ensemble(out, opts.version, EMBED_IMAGE, t.image, PREPROCESS, t.pixels, IMAGE_ENCODER,
+                               t.output, scheduling, common),
+    }
+    for name, config in configs.items():
+        (out / name / "config.pbtxt").write_text(mc.render(config) + "\n")
+
+    inputs = {"export": {"url": opts.export, "model_id": model_id}}
+    inputs.update({name: {"url": str(export / f), "sha256": file_sha256(str(export / f))}
+                   for name, f in (("image_encoder", IMAGE_ONNX), ("text_encoder", TEXT_ONNX))})
+    write_lineage(str(out), "triton-repo", inputs, asdict(opts), started)
+    return {"repository": str(out), "flavor": opts.flavor, "version": opts.version, "model_id": model_id,
+            "models": {name: c.get("backend") or c.get("platform") for name, c in configs.items()}}
+
+
+@dataclass(frozen=True)
+class _Tensors:
+    """The contract's tensors at this model's sizes (dims without the batch dimension)."""
+    text: list[dict]
+    image: list[dict]
+    ids: list[dict]
+    pixels: list[dict]
+    embedding: list[dict]
+    output: list[dict]
+
+    @classmethod
+    def of(cls, config: dict) -> _Tensors:
+        size, dim = config["vision_cfg"]["image_size"], config["embed_dim"]
+        return cls(text=[mc.tensor("TEXT", "TYPE_STRING", [1])], image=[mc.tensor("IMAGE", "TYPE_STRING", [1])],
+                   ids=[mc.tensor("input_ids", "TYPE_INT32", [config["text_cfg"]["context_length"]])],
+                   pixels=[mc.tensor("pixel_values", "TYPE_FP32", [3, size, size])],
+                   embedding=[mc.tensor("embedding", "TYPE_FP32", [dim])],
+                   output=[mc.tensor("EMBEDDING", "TYPE_FP32", [dim])])
+
+
+def model_id_of(export: Path) -> str:
+    """The first 12 hex digits of the checkpoint's model.safetensors sha256, from the export's lineage."""
+    try:
+        return json.loads((export / "lineage.json").read_text())["inputs"]["checkpoint"]["sha256"][:12]
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise RepositoryError(f"{export / 'lineage.json'}: no checkpoint sha256 ({e!r}); the model id comes from "
+                              "the lineage that `kubeclip export` writes") from None
+
+
+def _check(opts: TritonRepoOptions, export: Path) -> None:
+    if opts.flavor not in FLAVORS:
+        raise RepositoryError(f"--flavor {opts.flavor!r}: expected one of {', '.join(FLAVORS)}")
+    if opts.version < 1 or opts.max_batch_size < 1 or opts.encoder_instances < 1 or opts.python_instances < 1:
+        raise RepositoryError("--version, --max-batch-size and the instance counts must be at least 1")
+    missing = [f for f in (IMAGE_ONNX, TEXT_ONNX, "config.json", "tokenizer") if not (export / f).exists()]
+    if missing:
+        raise RepositoryError(f"{export}: not an export folder, missing {', '.join(missing)}")
+    if opts.flavor == "gpu" and _plans(export) and opts.max_batch_size > PLAN_MAX_BATCH:
+        raise RepositoryError(f"--max-batch-size {opts.max_batch_size}: the TensorRT plans take batches up to "
+                              f"{PLAN_MAX_BATCH}")
+
+
+def _check_tower(path: Path, expected_inputs: list[dict]) -> None:
+    """The ONNX graph has the contract's inputs (names, types, shapes) and its one output, `embedding`."""
+    graph = onnx.load(path, load_external_data=False).graph
+    found = [mc.tensor(v.name, _ONNX_TYPES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
+                       [d.dim_value for d in v.type.tensor_type.shape.dim[1:]]) for v in graph.input]
+    if found != expected_inputs or [v.name for v in graph.output] != ["embedding"]:
+        unsupported = {t["name"] for t in found} - set(_TOKENIZER_OUTPUTS) - {"pixel_values"}
+        hint = f" (the serving tokenizer does not produce {sorted(unsupported)})" if unsupported else ""
+        raise RepositoryError(f"{path}: inputs {found} and outputs {[v.name for v in graph.output]}; the export "
+                              f"contract is {expected_inputs} -> ['embedding']{hint}")
+
+
+def _plans(export: Path) -> dict[str, Path]:
+    return {name: export / "trt" / f"{stem}.plan" for name, stem in ((TEXT_ENCODER, "text_encoder"),
+                                                                     (IMAGE_ENCODER, "image_encoder"))
+            if (export / "trt" / f"{stem}.plan").is_file()}
+
+
+def _encoder(opts, out: Path, export: Path, name: str, onnx_file: str, inputs: list[dict], outputs: list[dict],
+             scheduling: mc.Scheduling, common: dict) -> dict:
+    """One encoder's version folder and config, by flavor."""
+    if opts.flavor == "cpu":
+        version_dir = _model_dir(out, name, opts.version, _PYTHON_FILES["encoder"])
+        shutil.copyfile(export / onnx_file, version_dir / "model.onnx")
+        return mc.python_model(name, scheduling, inputs, outputs, opts.encoder_instances,
+                               {**common, "intra_op_thread_count": 0}, mc.warmup(inputs, [1]))
+    version_dir = _model_dir(out, name, opts.version, {})
+    warmup = mc.warmup(inputs, sorted({1, opts.max_batch_size}))
+    if plan := _plans(export).get(name):
+        shutil.copyfile(plan, version_dir / "model.plan")
+        return mc.plan_model(name, scheduling, inputs, outputs, opts.encoder_instances, common, warmup)
+    shutil.copyfile(export / onnx_file, version_dir / "model.onnx")
+    return mc.onnx_gpu_model(name, scheduling, inputs, outputs, opts.encoder_instances, common, warmup,
+                             opts.trt_cache_dir)
+
+
+def _ensemble(out: Path, version: int, name: str, inputs: list[dict], first: str, middle: list[dict], encoder: str,
+              outputs: list[dict], scheduling: mc.Scheduling, common: dict) -> dict:
+    """`first` turns the ensemble's input into the encoder's input `middle`; the encoder's `embedding`
+    becomes EMBEDDING. Tensors keep their names from model to model."""
+    _model_dir(out, name, version, {})
+    source, between = inputs[0]["name"], middle[0]["name"]
+    return mc.ensemble(name, scheduling, inputs, outputs, [
+        (first, {source: source}, {between: between}),
+        (encoder, {between: between}, {"embedding": "EMBEDDING"})], common)
+
+
+def _model_dir(out: Path, name: str, version: int, files: dict[str, Path]) -> Path:
+    """A fresh `out/name/version/` holding `files` (name there -> source file)."""
+    version_dir = out / name / str(version)
+    if version_dir.exists():
+        shutil.rmtree(version_dir)
+    version_dir.mkdir(parents=True)
+    for target, source in files.items():
+        shutil.copyfile(source, version_dir / target)
+    return version_dir
+
+
+def _warmup_file(model_dir: Path, name: str, data: bytes) -> str:
+    """`model_dir/warmup/name`: one BYTES element as Triton's warm-up reads it (a 4-byte little-endian length,
+    then the bytes); returns `name`."""
+    (model_dir / "warmup").mkdir(parents=True, exist_ok=True)
+    (model_dir / "warmup" / name).write_bytes(struct.pack("<I", len(data)) + data)
+    return name
+
+
+def _warmup_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), (128, 64, 32)).save(buffer, "PNG")
+    return buffer.getvalue()

@@ -1,0 +1,1 @@
+"""Serving: the Triton model repository's Python models, a local Triton server, and clients (CLI, Encoder)."""
