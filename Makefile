@@ -27,6 +27,7 @@ system-deps:
 ## demo: the main job on the embedded synthetic default
 demo: install
 	dvc repro
+	@cat runs/benchmark/summary.md
 
 ## test: the default suite (what CI runs)
 test: install system-deps

@@ -10,7 +10,10 @@ import sys
 COMMAND_MODULES = [
     "components.prepare.cli",
     "components.train.cli",
+    "components.benchmark.cli",
     "components.export.cli",
+    "components.deploy.cli",
+    "components.serve.cli",
 ]
 
 
@@ -26,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    args.argv = argv  # for commands that re-launch themselves (train under torchrun)
     if not hasattr(args, "func"):
         parser.print_help()
         return 1

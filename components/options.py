@@ -47,8 +47,8 @@ def add_options(parser: argparse.ArgumentParser, options_type: type, params_sect
         else:
             kwargs["type"] = kind
             kwargs["metavar"] = f.name.upper()
-            if is_list:
-                kwargs["nargs"] = "+"
+            if is_list:  # --flag A B, or repeated: --flag A --flag B
+                kwargs.update(nargs="+", action="extend")
         if f.metadata.get("positional"):
             parser.add_argument(f.name, nargs="+", metavar=f.name.upper(), help=help_text)
             continue

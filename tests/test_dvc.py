@@ -13,10 +13,12 @@ from tests.conftest import ROOT
 
 
 def test_dvc_repro_runs_the_local_pipeline(tmp_path):
+    """prepare -> train -> benchmark -> gate -> export -> package, from params.yaml."""
     shutil.copy(ROOT / "dvc.yaml", tmp_path)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["prepare"].update(samples=24, eval_samples_per_class=1, shard_size=10)
     params["train"].update(steps=3, batch_size=8, workers=0, checkpoint_every=2)
+    params["gate"]["min"] = ["zeroshot.top1=0.0"]  # three steps learn nothing; the chain must still run
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro"]):
@@ -28,3 +30,7 @@ def test_dvc_repro_runs_the_local_pipeline(tmp_path):
     assert (tmp_path / "runs" / "train" / "checkpoints" / "latest").read_text().strip() == "step-00000003"
     train_lineage = json.loads((tmp_path / "runs" / "train" / "lineage.json").read_text())
     assert train_lineage["parameters"]["batch_size"] == 8 and train_lineage["inputs"]["data"]["url"] == "runs/data"
+    metrics = json.loads((tmp_path / "runs" / "benchmark" / "metrics.json").read_text())
+    assert metrics["dataset"]["name"] == "compositions" and "linear_probe" in metrics
+    assert json.loads((tmp_path / "runs" / "export" / "export_report.json").read_text())["gates"]
+    assert (tmp_path / "runs" / "repository" / "clip_embed_text" / "config.pbtxt").is_file()

@@ -12,12 +12,13 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-DEFAULT_DIR = "~/.cache/kubeclip"
+DEFAULT_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "kubeclip")
 
 
 class ClassifierCache:
@@ -39,10 +40,15 @@ class ClassifierCache:
         return load_file(path) if path.is_file() else None
 
     def store(self, classnames: list[str], templates: list[str], tensors: dict[str, torch.Tensor]) -> None:
-        """Write to a temporary file and rename it, so a reader never sees half a file."""
+        """Write to a temporary file and rename it, so a reader never sees half a file. A cache that
+        cannot be written (a read-only home in a pod) costs time, never the run: it warns."""
         path = self.path(classnames, templates)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        except OSError as e:
+            warnings.warn(f"text classifier not cached: {e}", stacklevel=2)
+            return
         os.close(fd)
         try:
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,

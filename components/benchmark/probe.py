@@ -13,6 +13,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
+from threadpoolctl import threadpool_limits
 
 from components.benchmark.zeroshot import accuracy, confusion_matrix, per_class_recall
 
@@ -39,9 +40,10 @@ def fit(features: torch.Tensor, labels: torch.Tensor, seed: int = 0, fallback_c:
         raise SystemExit("a linear probe needs examples of at least two classes in the probe split")
     folds = min(MAX_FOLDS, int(np.bincount(y)[np.unique(y)].min()))
     c = fallback_c
-    # lbfgs may stop short of convergence at the largest C; the fit is still usable, and the
-    # cross-validation score, not the optimiser, decides whether that C is any good
-    with warnings.catch_warnings():
+    # One BLAS thread: these problems are small, and BLAS threads fighting torch's OpenMP threads for
+    # the cores made each lbfgs iteration 6x slower. lbfgs may stop short of convergence at the
+    # largest C; the fit is still usable, and the cross-validation score decides whether it is any good.
+    with threadpool_limits(1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if folds >= 2:
             cv = StratifiedKFold(folds, shuffle=True, random_state=seed)

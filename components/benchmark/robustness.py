@@ -15,7 +15,6 @@ from collections.abc import Callable
 from functools import partial
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
 
 from components.benchmark.encoders import Encoder

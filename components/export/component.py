@@ -17,3 +17,14 @@ def export(checkpoint: dsl.Input[dsl.Model], exported: dsl.Output[dsl.Model], pa
         for name, value in figures.items():
             parity.log_metric(f"{artifact.removesuffix('.onnx').replace('.', '_')}_{name}", value)
     exported.metadata["tensorrt"] = report["tensorrt"]
+
+
+@dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
+def package(exported: dsl.Input[dsl.Model], repository: dsl.Output[dsl.Model], flavor: str = "gpu",
+            version: int = 1):
+    """The Triton model repository of an export (`kubeclip triton-repo`), carrying the model id."""
+    from components.export.triton_repo import TritonRepoOptions, triton_repo
+
+    summary = triton_repo(TritonRepoOptions(export=exported.path, out=repository.path, flavor=flavor,
+                                            version=version))
+    repository.metadata.update(kubeclip_model_id=summary["model_id"], flavor=flavor)

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from components.deploy.step import DeployOptions, canary_health, verdict
-from tests.conftest import ROOT, free_port, require, validate_custom_resource
+from components.serve.triton_server import free_port
+from tests.conftest import ROOT, require, validate_custom_resource
 
 
 def test_dry_run_prints_a_valid_inference_service():

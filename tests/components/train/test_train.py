@@ -18,7 +18,8 @@ import model
 from components.prepare import step as prepare
 from components.train import step as train_step
 from components.train.checkpoints import MARKER, STATE_FILE
-from tests.conftest import ROOT, free_port
+from components.serve.triton_server import free_port
+from tests.conftest import ROOT
 
 TINY = ["--model", "tiny-vit", "--batch-size", "8", "--workers", "1", "--shuffle-buffer", "16", "--log-every", "2",
         "--warmup", "2"]
