@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "components.export.cli",
     "components.deploy.cli",
     "components.serve.cli",
+    "pipelines.cli",
 ]
 
 

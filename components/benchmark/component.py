@@ -50,11 +50,17 @@ def benchmark_retrieval(checkpoint: dsl.Input[dsl.Model], dataset: dsl.Input[dsl
 
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
-def quality_gate(candidate: dsl.Input[dsl.Artifact], minimums: list, max_regression: float = 0.01,
-                 baseline: str = ""):
-    """Fail the run, with the reason, when `candidate` (a benchmark's results) is below a minimum
-    ("zeroshot.top1=0.5", ...) or regresses beyond `max_regression` from the metrics.json at `baseline`."""
-    from components.benchmark.gate import GateOptions, gate
+def gate(candidate: dsl.Input[dsl.Artifact], minimums: list, max_regression: float = 0.01,
+         baseline: str = "") -> bool:
+    """Whether `candidate` (a benchmark's results) meets every minimum ("zeroshot.top1=0.5", ...) and does not
+    regress beyond `max_regression` from the metrics.json at `baseline`; the reason is in the task's log. A
+    pipeline stops the chain with `dsl.If(gate.output == True)`."""
+    from components.benchmark.gate import GateFailed, GateOptions, gate
 
-    print(gate(GateOptions(candidate=candidate.path, baseline=baseline or None, min=list(minimums),
-                           max_regression=max_regression))["summary"])
+    try:
+        print(gate(GateOptions(candidate=candidate.path, baseline=baseline or None, min=list(minimums),
+                               max_regression=max_regression))["summary"])
+        return True
+    except GateFailed as failed:
+        print(failed)
+        return False

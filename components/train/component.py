@@ -3,31 +3,31 @@
 
 from kfp import dsl
 
-from components.images import RUNTIME_IMAGE, TRAIN_IMAGE
+from components.images import RUNTIME_IMAGE
 
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
 def train(data: dsl.Input[dsl.Dataset], checkpoint: dsl.Output[dsl.Model], metrics: dsl.Output[dsl.Metrics],
           model: str = "tiny-vit", steps: int = 400, batch_size: int = 64, lr: float = 1e-3, warmup: int = 40,
           workers: int = 1, seed: int = 0, nproc_per_node: int = 1, namespace: str = "", nodes: int = 1,
-          gpus_per_node: int = 0, image: str = TRAIN_IMAGE):
-    """Contrastive pre-training; `checkpoint` receives the run folder (checkpoints/, metrics.jsonl)."""
-    import hashlib
-
-    from components.train.launcher import LaunchOptions
-    from components.train.run import run
+          gpus_per_node: int = 0, image: str = "", run_id: str = ""):
+    """Contrastive pre-training; `checkpoint` receives the run folder (checkpoints/, metrics.jsonl). On a
+    cluster: `nodes` pods of the training image (`image`, default the PyTorchJob template's)."""
+    from components.train.run import run_task
     from components.train.step import TrainOptions
 
-    on_cluster = bool(namespace)
-    opts = TrainOptions(data=data.uri if on_cluster else data.path, out=checkpoint.uri if on_cluster else checkpoint.path,
-                        model=model, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, workers=workers,
-                        seed=seed, resume="latest")
-    # named after the output artifact: a retried task finds and follows the job it started
-    job_name = "kubeclip-train-" + hashlib.sha256(checkpoint.uri.encode()).hexdigest()[:16]
-    cluster = LaunchOptions(name=job_name, namespace=namespace,
-                            train_args=[], image=image, nodes=nodes, nproc_per_node=nproc_per_node,
-                            gpus_per_node=gpus_per_node) if on_cluster else None
-    record = run(opts, nproc_per_node=1 if on_cluster else nproc_per_node, cluster=cluster)
+    opts = TrainOptions(data=data.path, out=checkpoint.path, model=model, steps=steps, batch_size=batch_size, lr=lr,
+                        warmup=warmup, workers=workers, seed=seed, resume="latest")
+    record = run_task(opts, data.uri, checkpoint.uri, nproc_per_node, namespace, nodes, gpus_per_node, image, run_id)
     for key in ("loss", "logit_scale", "samples_per_second"):
         metrics.log_metric(f"train_{key}", record[key])
     checkpoint.metadata.update(step=record["step"], model=model)
+
+
+@dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
+def train_cleanup(namespace: str = "", run_id: str = ""):
+    """The exit handler's task: delete this run's PyTorchJobs that are left (after a failure or a cancel)."""
+    from components.train.launcher import RUN_LABEL, delete_jobs
+
+    if namespace and run_id:
+        print("deleted:", delete_jobs(namespace, {RUN_LABEL: run_id}))

@@ -12,6 +12,7 @@ import yaml
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "training" / "kubeclip-train.yaml"
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+RUN_LABEL = "kubeclip.io/run"
 
 
 @dataclass(kw_only=True)
@@ -27,6 +28,7 @@ class LaunchOptions:
     template: Path = TEMPLATE
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)  # on the job, e.g. the pipeline run that started it
 
 
 def render_job(opts: LaunchOptions) -> dict:
@@ -34,6 +36,7 @@ def render_job(opts: LaunchOptions) -> dict:
     job = yaml.safe_load(opts.template.read_text())
     job["metadata"]["name"] = opts.name
     job["metadata"]["namespace"] = opts.namespace
+    job["metadata"]["labels"].update(opts.labels)
     spec = job["spec"]
     spec["nprocPerNode"] = str(opts.nproc_per_node)
     spec["elasticPolicy"].update(minReplicas=opts.nodes, maxReplicas=opts.nodes, maxRestarts=opts.max_restarts)
@@ -70,6 +73,22 @@ def outcome(job: dict) -> tuple[str, str] | None:
         if condition.get("type") in ("Succeeded", "Failed") and condition.get("status") == "True":
             return condition["type"], condition.get("message") or condition.get("reason", "")
     return None
+
+
+def delete_jobs(namespace: str, labels: dict[str, str]) -> list[str]:
+    """Delete the PyTorchJobs carrying `labels` (a pipeline's exit handler cleans up after a failed run)."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    api = client.CustomObjectsApi()
+    selector = ",".join(f"{k}={v}" for k, v in labels.items())
+    jobs = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, label_selector=selector)["items"]
+    for job in jobs:
+        api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job["metadata"]["name"])
+    return [job["metadata"]["name"] for job in jobs]
 
 
 def launch(opts: LaunchOptions, timeout: float = 7 * 24 * 3600, poll: float = 10.0, delete: bool = True) -> str:

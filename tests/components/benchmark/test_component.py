@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components.benchmark.component import benchmark_classification, quality_gate
+from components.benchmark.component import benchmark_classification, gate
 from tests.components.benchmark.helpers import cifar_subset, random_checkpoint
 
 
@@ -15,6 +15,8 @@ class Outputs(NamedTuple):
     metrics: dsl.Metrics
     confusion: dsl.ClassificationMetrics
     report: dsl.HTML
+    passed: bool
+    failed: bool
 
 
 @dsl.pipeline
@@ -22,8 +24,10 @@ def benchmark_and_gate(checkpoint_uri: str, dataset_uri: str) -> Outputs:
     checkpoint = dsl.importer(artifact_uri=checkpoint_uri, artifact_class=dsl.Model, reimport=False)
     dataset = dsl.importer(artifact_uri=dataset_uri, artifact_class=dsl.Dataset, reimport=False)
     bench = benchmark_classification(checkpoint=checkpoint.output, dataset=dataset.output, max_images=40)
-    quality_gate(candidate=bench.outputs["results"], minimums=["zeroshot.top1=0.0", "zeroshot.top5=0.0"])
-    return Outputs(bench.outputs["metrics"], bench.outputs["confusion"], bench.outputs["report"])
+    passed = gate(candidate=bench.outputs["results"], minimums=["zeroshot.top1=0.0", "zeroshot.top5=0.0"])
+    failed = gate(candidate=bench.outputs["results"], minimums=["zeroshot.top1=1.01"])
+    return Outputs(bench.outputs["metrics"], bench.outputs["confusion"], bench.outputs["report"], passed.output,
+                   failed.output)
 
 
 def test_components_log_kfp_artifacts_and_gate(kfp_local, tmp_path_factory, cifar10, monkeypatch):
@@ -41,3 +45,4 @@ def test_components_log_kfp_artifacts_and_gate(kfp_local, tmp_path_factory, cifa
     assert [r["row"] for r in confusion["rows"]] == metrics["zeroshot"]["confusion_matrix"]
     assert Path(outputs["report"].path).read_text() == (results / "report.html").read_text()
     assert list((kfp_local.parent / "cache" / "kubeclip" / "classifiers").glob("*.safetensors"))
+    assert outputs["passed"] is True and outputs["failed"] is False

@@ -1,0 +1,48 @@
+"""`kubeclip pipeline {compile,run,run-local}`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("pipeline", help="the Kubeflow pipeline: compile, submit, or run it here",
+                                   description="The Kubeflow pipeline wiring every step (prepare partitions, "
+                                               "merge, train, benchmark, gate, export, package, deploy).")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    compile_ = commands.add_parser("compile", help="write the IR YAML (default: the committed file)",
+                                   allow_abbrev=False)
+    compile_.add_argument("--output", type=Path, help="where to write it (default: pipelines/kubeclip_pipeline.yaml)")
+    compile_.set_defaults(func=compile_command)
+    param_help = "a pipeline parameter, NAME=VALUE (VALUE read as YAML); repeatable"
+    run = commands.add_parser("run", help="submit a run to a Kubeflow Pipelines host", allow_abbrev=False)
+    run.add_argument("--host", required=True, help="the KFP API, e.g. http://localhost:8080")
+    run.add_argument("--experiment", default="kubeclip", help="experiment to file the run under")
+    run.add_argument("--param", action="append", default=[], metavar="K=V", help=param_help)
+    run.set_defaults(func=run_command)
+    local = commands.add_parser("run-local", help="run the whole pipeline here with kfp.local", allow_abbrev=False)
+    local.add_argument("--param", action="append", default=[], metavar="K=V", help=param_help)
+    local.add_argument("--pipeline-root", type=Path, default=Path("runs/pipeline"), help="where outputs go")
+    local.set_defaults(func=run_local_command)
+
+
+def compile_command(args) -> int:
+    from pipelines.run import COMPILED, compile_pipeline
+
+    print(compile_pipeline(args.output or COMPILED))
+    return 0
+
+
+def run_command(args) -> int:
+    from pipelines.run import parse_params, run_remote
+
+    print(run_remote(args.host, parse_params(args.param), args.experiment))
+    return 0
+
+
+def run_local_command(args) -> int:
+    from pipelines.run import parse_params, run_local
+
+    run_local(parse_params(args.param), args.pipeline_root)
+    print(f"outputs under {args.pipeline_root}")
+    return 0

@@ -1,0 +1,68 @@
+"""The Kubeflow pipeline: prepare (fanned out over partitions) -> merge -> train -> benchmark -> gate ->
+export -> package -> deploy, with the same step functions `dvc repro` runs.
+
+Under `kfp.local` every task runs here (training under a local torchrun); on a cluster, with
+`train_namespace` set, training is a PyTorchJob, and the exit handler deletes what a failed or
+cancelled run leaves of it. Image tags are the components' (components/images.py), not the git commit,
+so the compiled IR changes only when the pipeline does.
+"""
+
+from kfp import dsl, kubernetes
+
+from components.benchmark.component import benchmark_classification, gate
+from components.deploy.component import deploy
+from components.export.component import export, package
+from components.images import RUNTIME_IMAGE
+from components.prepare.component import prepare_merge, prepare_synthetic
+from components.train.component import train, train_cleanup
+
+STORAGE_SECRET = "kubeclip-storage"  # object-store credentials, by reference only
+
+
+@dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
+def prepare_partitions(count: int) -> list:
+    """["0/N", ..., "N-1/N"]: one prepare task per partition."""
+    return [f"{index}/{count}" for index in range(count)]
+
+
+def _with_storage(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Credentials for fsspec URLs the step reads or writes itself (the artifacts are KFP's to move)."""
+    return kubernetes.use_secret_as_env(task, STORAGE_SECRET, {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                                                               "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+                                        optional=True)
+
+
+@dsl.pipeline(name="kubeclip", description="Image-text pairs to a benchmarked, exported, served CLIP.")
+def kubeclip_pipeline(samples: int = 10000, seed: int = 0, image_size: int = 64, partitions: int = 2,
+                      eval_samples_per_class: int = 50, model: str = "tiny-vit", steps: int = 400,
+                      batch_size: int = 64, lr: float = 1e-3, warmup: int = 40, nproc_per_node: int = 1,
+                      train_namespace: str = "", train_nodes: int = 1, gpus_per_node: int = 0,
+                      minimums: list = ["zeroshot.top1=0.375"], fp16: bool = True, flavor: str = "gpu",
+                      deploy_namespace: str = "kubeclip", canary_percent: int = 0, prometheus_url: str = "",
+                      deploy_dry_run: bool = True):
+    cleanup = train_cleanup(namespace=train_namespace, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    with dsl.ExitHandler(cleanup, name="kubeclip-run"):
+        split = prepare_partitions(count=partitions)
+        with dsl.ParallelFor(split.output, name="prepare-fan-out") as partition:
+            part = _with_storage(prepare_synthetic(samples=samples, seed=seed, image_size=image_size,
+                                                   eval_samples_per_class=eval_samples_per_class,
+                                                   partition=partition))
+            part.set_retry(2)
+        data = prepare_merge(parts=dsl.Collected(part.outputs["dataset"]))
+
+        trained = train(data=data.outputs["dataset"], model=model, steps=steps, batch_size=batch_size, lr=lr,
+                        warmup=warmup, seed=seed, nproc_per_node=nproc_per_node, namespace=train_namespace,
+                        nodes=train_nodes, gpus_per_node=gpus_per_node, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        trained.set_retry(1)  # a retry follows the PyTorchJob it started, or resumes from its checkpoint
+
+        scored = benchmark_classification(checkpoint=trained.outputs["checkpoint"], dataset=data.outputs["dataset"],
+                                          subset="eval/compositions", linear_probe=True)
+        verdict = gate(candidate=scored.outputs["results"], minimums=minimums)
+        with dsl.If(verdict.output == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
+            exported = export(checkpoint=trained.outputs["checkpoint"], fp16=fp16)
+            repository = package(exported=exported.outputs["exported"], flavor=flavor)
+            released = _with_storage(deploy(repository=repository.outputs["repository"], namespace=deploy_namespace,
+                                            canary_percent=canary_percent, prometheus_url=prometheus_url,
+                                            dry_run=deploy_dry_run))
+            released.set_caching_options(False)  # a rollout acts on the cluster: never served from the cache
+    cleanup.set_caching_options(False)
