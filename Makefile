@@ -7,7 +7,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)  # dvc.yaml calls the `kubeclip` console script
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install system-deps demo test test-slow bench lock clean
+.PHONY: install system-deps demo test test-slow bench images lock clean
 
 ## install: a virtual environment with kubeclip and the tested set of dependencies (constraints.txt)
 install: $(STAMP)
@@ -40,6 +40,13 @@ test-slow: install
 ## bench: the speed benchmarks, each printing a ratio against a baseline run side by side
 bench: install
 	$(PY) benchmarks/train_step_throughput.py
+
+## images: the runtime, training and Triton images (needs a Docker engine); names and bases from components/images.py
+IMAGE = $(shell $(PYTHON) -m components.images $(1))
+images:
+	docker build -f images/runtime.Dockerfile --build-arg RUNTIME_BASE=$(call IMAGE,RUNTIME_BASE) -t $(call IMAGE,RUNTIME_IMAGE) .
+	docker build -f images/train.Dockerfile --build-arg TRAIN_BASE=$(call IMAGE,TRAIN_BASE) -t $(call IMAGE,TRAIN_IMAGE) .
+	docker build -f images/triton.Dockerfile --build-arg TRITON_BASE=$(call IMAGE,TRITON_BASE) -t $(call IMAGE,TRITON_IMAGE) .
 
 ## lock: re-resolve the dependencies and write the tested set to constraints.txt
 lock:
