@@ -24,10 +24,10 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
 	else echo "promtool is missing: apt-get install -y prometheus (the promtool tests skip without it)"; fi
 
-## demo: the main job on the embedded synthetic default
+## demo: the main job on the embedded synthetic default, ending with a real Triton answering zero-shot queries
 demo: install
 	dvc repro
-	@cat runs/benchmark/summary.md
+	@cat runs/serve/results.md
 
 ## test: the default suite (what CI runs)
 test: install system-deps

@@ -1,11 +1,16 @@
-"""`kubeclip pipeline {compile,run,run-local}`."""
+"""`kubeclip pipeline {compile,run,run-local,serve-check}`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from components.options import add_options, options_from_args
 
 
 def add_parser(subparsers) -> None:
+    from pipelines.serve_check import ServeCheckOptions
+
     parser = subparsers.add_parser("pipeline", help="the Kubeflow pipeline: compile, submit, or run it here",
                                    description="The Kubeflow pipeline wiring every step (prepare partitions, "
                                                "merge, train, benchmark, gate, export, package, deploy).")
@@ -24,6 +29,14 @@ def add_parser(subparsers) -> None:
     local.add_argument("--param", action="append", default=[], metavar="K=V", help=param_help)
     local.add_argument("--pipeline-root", type=Path, default=Path("runs/pipeline"), help="where outputs go")
     local.set_defaults(func=run_local_command)
+    check = commands.add_parser("serve-check", allow_abbrev=False,
+                                help="the local chain's last stage: serve the repository on a real Triton, run the "
+                                     "held-out zero-shot through it, print the results table",
+                                description="Serve a cpu-flavor Triton repository with the local tritonserver, "
+                                            "evaluate what the benchmark evaluated through it, time single zero-shot "
+                                            "queries, and write results.json and results.md (the demo's table).")
+    add_options(check, ServeCheckOptions, params_section="serve_check")
+    check.set_defaults(func=lambda args: serve_check_command(args, check))
 
 
 def compile_command(args) -> int:
@@ -45,4 +58,13 @@ def run_local_command(args) -> int:
 
     run_local(parse_params(args.param), args.pipeline_root)
     print(f"outputs under {args.pipeline_root}")
+    return 0
+
+
+def serve_check_command(args, parser) -> int:
+    from pipelines.serve_check import serve_check
+
+    results = serve_check(options_from_args(args, parser))
+    print(json.dumps({"model_id": results["model_id"], "zeroshot_top1": results["zeroshot_top1"],
+                      "latency_ms": results["latency_ms"]}))
     return 0

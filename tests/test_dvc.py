@@ -13,12 +13,15 @@ from tests.conftest import ROOT
 
 
 def test_dvc_repro_runs_the_local_pipeline(tmp_path):
-    """prepare -> train -> benchmark -> gate -> export -> package, from params.yaml."""
+    """prepare -> train (2 processes) -> benchmark -> gate -> export -> package -> serve (a real Triton), from
+    params.yaml."""
     shutil.copy(ROOT / "dvc.yaml", tmp_path)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["prepare"].update(samples=24, eval_samples_per_class=1, shard_size=10)
     params["train"].update(steps=3, batch_size=8, workers=0, checkpoint_every=2)
     params["gate"]["min"] = ["zeroshot.top1=0.0"]  # three steps learn nothing; the chain must still run
+    # an untrained model's classes are near ties, which ONNX's last bits may break otherwise than PyTorch's
+    params["serve_check"].update(latency_queries=5, max_accuracy_drop=1.0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro"]):
@@ -34,3 +37,11 @@ def test_dvc_repro_runs_the_local_pipeline(tmp_path):
     assert metrics["dataset"]["name"] == "compositions" and "linear_probe" in metrics
     assert json.loads((tmp_path / "runs" / "export" / "export_report.json").read_text())["gates"]
     assert (tmp_path / "runs" / "repository" / "clip_embed_text" / "config.pbtxt").is_file()
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
+    assert "--nproc-per-node 2" in lock["stages"]["train"]["cmd"]
+    results = json.loads((tmp_path / "runs" / "serve" / "results.json").read_text())
+    assert results["model_id"] == metrics["model"]["id"] and results["images"] == metrics["zeroshot"]["images"]
+    served = json.loads((tmp_path / "runs" / "serve" / "triton" / "metrics.json").read_text())
+    assert served["model"]["backend"] == "triton" and results["zeroshot_top1"]["triton"] == served["zeroshot"]["top1"]
+    assert results["latency_ms"]["queries"] == 5 and 0 < results["latency_ms"]["p50"] <= results["latency_ms"]["p95"]
+    assert "latency of one zero-shot query" in (tmp_path / "runs" / "serve" / "results.md").read_text()

@@ -47,6 +47,7 @@ def dvc_repro(workdir: Path) -> dict:
     params["prepare"].update(samples=TINY["samples"], image_size=TINY["image_size"],
                              eval_samples_per_class=TINY["eval_samples_per_class"])
     params["train"].update(steps=TINY["steps"], batch_size=TINY["batch_size"], warmup=TINY["warmup"])
+    params["torchrun"]["nproc_per_node"] = 1  # the pipeline's default
     params["gate"]["min"] = TINY["minimums"]
     params["export"]["fp16"] = TINY["fp16"]
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
