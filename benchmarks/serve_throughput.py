@@ -27,7 +27,6 @@ import io
 import os
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from components.export.onnx_towers import ImageTower
 from components.export.step import ExportOptions, export
 from components.export.triton_repo import TritonRepoOptions, triton_repo
 from components.prepare import synthetic
+from components.serve.load import closed_loop
 from components.serve.triton_server import TritonServer
 
 
@@ -94,40 +94,17 @@ def raw_onnx(export_dir: Path, images: list[bytes], batch: int, passes: int) -> 
 
 
 def load(url: str, images: list[bytes], concurrency: int, duration: float, warmup: float) -> dict[str, float]:
-    """Closed loop: `concurrency` threads each send one image per request for `warmup` + `duration` s; the
-    requests that start after the warm-up count."""
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors: list[BaseException] = []
-    start = time.perf_counter()
-    measure_from, stop_at = start + warmup, start + warmup + duration
+    """Closed loop: one image per request to the image ensemble; the requests that start after the warm-up count."""
+    def send(connection: grpcclient.InferenceServerClient, i: int) -> None:
+        tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[images[i % len(images)]]], dtype=object))
+        connection.infer("clip_embed_image", [tensor])
 
-    def client(k: int) -> None:
-        connection = grpcclient.InferenceServerClient(url)
-        try:
-            i = k
-            while (sent := time.perf_counter()) < stop_at:
-                tensor = grpcclient.InferInput("IMAGE", [1, 1], "BYTES")
-                tensor.set_data_from_numpy(np.array([[images[i % len(images)]]], dtype=object))
-                connection.infer("clip_embed_image", [tensor])
-                if sent >= measure_from:
-                    latencies[k].append(time.perf_counter() - sent)
-                i += concurrency
-        except BaseException as e:
-            errors.append(e)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    done = np.array([x for per_client in latencies for x in per_client])
-    elapsed = time.perf_counter() - measure_from
-    return {"qps": len(done) / elapsed, "p50_ms": 1e3 * np.percentile(done, 50),
-            "p99_ms": 1e3 * np.percentile(done, 99), "requests": len(done)}
+    done = closed_loop(lambda: grpcclient.InferenceServerClient(url), send, concurrency, duration, warmup)
+    if done.failures:
+        raise SystemExit(f"{len(done.failures)} requests failed, the first: {done.failures[0]}")
+    return {"qps": done.qps, "p50_ms": done.percentile_ms(50), "p99_ms": done.percentile_ms(99),
+            "requests": len(done.latencies)}
 
 
 def triton(export_dir: Path, work: Path, images: list[bytes], args) -> dict[bool, dict[int, dict]]:

@@ -56,13 +56,20 @@ def check_templates(templates: list[str], source: str) -> list[str]:
     if not templates:
         raise SystemExit(f"{source}: no templates")
     for template in templates:
-        try:
-            filled = template.format(c="\0")
-        except (KeyError, IndexError, ValueError) as e:
-            raise SystemExit(f"{source}: template {template!r} is not a format string with only {{c}}: {e}") from e
-        if "\0" not in filled:
-            raise SystemExit(f"{source}: template {template!r} has no {{c}} placeholder")
+        if problem := template_problem(template):
+            raise SystemExit(f"{source}: {problem}")
     return templates
+
+
+def template_problem(template: str) -> str | None:
+    """Why `template` is not a usable prompt template, or None when it is."""
+    try:
+        filled = template.format(c="\0")
+    except (KeyError, IndexError, ValueError) as e:
+        return f"template {template!r} is not a format string with only {{c}}: {e}"
+    if "\0" not in filled:
+        return f"template {template!r} has no {{c}} placeholder"
+    return None
 
 
 def _entry(path: str, dataset_name: str, what: str) -> list[str]:

@@ -24,9 +24,12 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=lambda args: _triton_repo(args, parser))
 
     parser = subparsers.add_parser(
-        "serve", help="run Triton (the nvidia-pytriton wheel's server) on a repository, on this machine",
+        "serve", help="run Triton (the nvidia-pytriton wheel's server) on a repository, or the KServe "
+                      "transformer in front of it, on this machine",
         description="Start the tritonserver that ships in the nvidia-pytriton wheel on a cpu-flavor repository, "
-                    "wait until it is ready, and stop it cleanly on SIGTERM or Ctrl-C.", allow_abbrev=False)
+                    "wait until it is ready, and stop it cleanly on SIGTERM or Ctrl-C. With --transformer, run "
+                    "the KServe transformer (the InferenceService's JSON API: embeddings and zero-shot labels) "
+                    "against that Triton instead.", allow_abbrev=False)
     add_options(parser, ServeOptions)
     parser.set_defaults(func=lambda args: _serve(args, parser))
 

@@ -104,6 +104,7 @@ class TritonServer:
                 f"{self._shm_prefix}", f"--http-address={self.host}", f"--http-port={self.ports['http']}",
                 f"--grpc-address={self.host}", f"--grpc-port={self.ports['grpc']}",
                 f"--metrics-address={self.host}", f"--metrics-port={self.ports['metrics']}",
+                "--metrics-config=summary_latencies=true",  # as on the cluster: the latency alerts read them
                 "--allow-gpu-metrics=false", "--disable-auto-complete-config",
                 f"--exit-timeout-secs={self.exit_timeout}", f"--log-verbose={self.log_verbose}"]
 
@@ -184,8 +185,15 @@ class TritonServer:
 
 @dataclass(kw_only=True)
 class ServeOptions:
-    repo: str = option(help="Triton model repository (kubeclip triton-repo --out), cpu flavor on a CPU-only machine")
-    http_port: int = option(8000, "HTTP port (0: pick a free one)")
+    repo: str = option("", "Triton model repository (kubeclip triton-repo --out), cpu flavor on a CPU-only machine")
+    transformer: bool = option(False, "run the KServe transformer (python -m components.serve.transformer) instead "
+                                      "of Triton, calling the Triton at --predictor-url; its full flags: "
+                                      "python -m components.serve.transformer --help")
+    predictor_url: str = option("127.0.0.1:8001", "with --transformer: Triton's gRPC HOST:PORT")
+    max_batch_size: int = option(64, "with --transformer: largest batch it sends to Triton (the repository's "
+                                     "--max-batch-size)")
+    http_port: int | None = option(None, "HTTP port: Triton's (default 8000), or with --transformer the "
+                                         "transformer's (default 8080); 0 picks a free one")
     grpc_port: int = option(8001, "gRPC port (0: pick a free one)")
     metrics_port: int = option(8002, "Prometheus metrics port (0: pick a free one)")
     host: str = option("127.0.0.1", "address to listen on; 0.0.0.0 exposes the server to the network")
@@ -198,13 +206,24 @@ class _Stop(Exception):
 
 
 def serve(opts: ServeOptions) -> int:
-    """Run Triton until SIGTERM or Ctrl-C (then stop it cleanly) or until it exits; returns its exit code."""
+    """Run Triton until SIGTERM or Ctrl-C (then stop it cleanly) or until it exits; returns its exit code.
+    With `transformer`, run the transformer instead, in this process, until SIGTERM or Ctrl-C."""
+    if opts.transformer:
+        from components.serve import transformer
+
+        port = 8080 if opts.http_port is None else opts.http_port or free_port()
+        print(f"transformer on http://0.0.0.0:{port} (model clip), calling Triton at {opts.predictor_url}", flush=True)
+        transformer.main(["--http_port", str(port), "--predictor_host", opts.predictor_url, "--enable_grpc", "false",
+                          "--max-batch-size", str(opts.max_batch_size)])
+        return 0
+    if not opts.repo:
+        raise SystemExit("kubeclip serve: --repo DIR is required (or --transformer to run the transformer)")
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop is enough
         raise _Stop
 
     previous = signal.signal(signal.SIGTERM, stop)
-    server = TritonServer(opts.repo, opts.http_port, opts.grpc_port, opts.metrics_port, opts.host,
+    server = TritonServer(opts.repo, 8000 if opts.http_port is None else opts.http_port, opts.grpc_port, opts.metrics_port, opts.host,
                           exit_timeout=opts.exit_timeout, log_verbose=opts.log_verbose)
     try:
         with server:

@@ -184,7 +184,11 @@ def test_inference_service_and_runtime_agree(render, overlay):
     model = predictor["model"]
     assert isvc["metadata"]["name"] == "clip"
     assert model["runtime"] == runtime["metadata"]["name"]
-    assert model["protocolVersion"] == "v2" and "v2" in runtime["spec"]["protocolVersions"]
+    # The transformer calls Triton over gRPC v2, on the one port the runtime declares (h2c: gRPC).
+    assert model["protocolVersion"] == "grpc-v2" and "grpc-v2" in runtime["spec"]["protocolVersions"]
+    triton = runtime["spec"]["containers"][0]
+    assert [(p["name"], p["containerPort"]) for p in triton["ports"]] == [("h2c", 9000)]
+    assert "--grpc-port=9000" in triton["args"]
     assert {k: model["modelFormat"][k] for k in ("name", "version")} in [
         {k: f[k] for k in ("name", "version")} for f in runtime["spec"]["supportedModelFormats"]]
     assert model["storageUri"].startswith("s3://")

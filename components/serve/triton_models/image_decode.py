@@ -11,8 +11,8 @@ class ImageError(ValueError):
     """The bytes are not an image this server accepts; the message says why, for the client."""
 
 
-def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """A fully decoded image, or ImageError for empty, oversized, unknown or corrupt data."""
+def open_checked(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The image with only its header read, or ImageError for empty, oversized or unknown data."""
     if not data:
         raise ImageError("empty image")
     if len(data) > max_bytes:
@@ -27,6 +27,12 @@ def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise ImageError(f"{width}x{height} = {width * height / 1e6:.1f} megapixels is over the limit of "
                          f"{max_pixels / 1e6:.1f} megapixels")
+    return image
+
+
+def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """A fully decoded image, or ImageError for empty, oversized, unknown or corrupt data."""
+    image = open_checked(data, max_bytes, max_pixels)
     try:
         image.load()
     except Exception as e:

@@ -2,19 +2,19 @@
 what a real Prometheus server reports about the canary's series."""
 
 import http.server
-import shutil
+import json
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 import yaml
 
-from components.deploy.step import DeployOptions, canary_health, verdict
-from components.serve.triton_server import free_port
-from tests.conftest import ROOT, require, validate_custom_resource
+from components.deploy.step import DeployOptions, canary_health, render, verdict
+from components.lineage import write_lineage
+from tests.conftest import ROOT, validate_custom_resource
+from tests.prometheus import prometheus_server
 
 
 def test_dry_run_prints_a_valid_inference_service():
@@ -29,6 +29,31 @@ def test_dry_run_prints_a_valid_inference_service():
     predictor = isvc["spec"]["predictor"]
     assert predictor["model"]["storageUri"] == "s3://models/clip/7f3a9c2e1b4d"
     assert predictor["canaryTrafficPercent"] == 10
+
+
+def test_annotations_carry_the_repository_lineage_and_replace_the_previous_model_s(tmp_path):
+    write_lineage(str(tmp_path / "export"), "export", {"checkpoint": {"url": "runs/train", "sha256": "7f3a" * 16}}, {},
+                  time.time())
+    write_lineage(str(tmp_path / "repo"), "triton-repo",
+                  {"export": {"url": str(tmp_path / "export"), "model_id": "7f3a7f3a7f3a"}}, {}, time.time())
+    result = subprocess.run([sys.executable, "-m", "components.cli", "deploy", "--namespace", "ml", "--storage-uri",
+                             "s3://models/clip/7f3a7f3a7f3a", "--model-id", "7f3a7f3a7f3a", "--lineage",
+                             str(tmp_path / "repo" / "lineage.json"), "--dry-run"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    isvc = yaml.safe_load(result.stdout)
+    validate_custom_resource(isvc)
+    annotations = isvc["metadata"]["annotations"]
+    steps = json.loads(annotations["kubeclip.io/lineage"])
+    assert [s["step"] for s in steps] == ["triton-repo", "export"]
+    assert steps[1]["inputs"]["checkpoint"]["sha256"] == "7f3a" * 16
+    assert annotations["kubeclip.io/git-commit"] == steps[0]["git_commit"] is not None  # the tests run in a checkout
+
+    opts = DeployOptions(namespace="ml", storage_uri="s3://models/clip/other", model_id="0123456789ab")
+    assert render(opts, isvc)["metadata"]["annotations"] == {"kubeclip.io/model-id": "0123456789ab"}  # none stale
+    with pytest.raises(SystemExit, match="packages model 7f3a7f3a7f3a"):
+        render(DeployOptions(namespace="ml", storage_uri="s3://x", model_id="0123456789ab",
+                             lineage=str(tmp_path / "repo" / "lineage.json")))
 
 
 class Series:
@@ -52,7 +77,6 @@ class Series:
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory):
     """A real Prometheus server scraping an exporter of good and bad canary revisions every second."""
-    require(shutil.which("prometheus") is not None, "prometheus", "apt-get install -y prometheus (make system-deps)")
     series = Series({"clip-predictor-00002": (20.0, 0.0, 40_000), "clip-predictor-00003": (20.0, 5.0, 40_000),
                      "clip-predictor-00004": (20.0, 0.0, 900_000)})
 
@@ -69,30 +93,16 @@ def prometheus(tmp_path_factory):
 
     exporter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Exporter)
     threading.Thread(target=exporter.serve_forever, daemon=True).start()
-    tmp = tmp_path_factory.mktemp("prometheus")
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s"},
-        "scrape_configs": [{"job_name": "kubeclip-triton",
-                            "static_configs": [{"targets": [f"127.0.0.1:{exporter.server_port}"]}]}]}))
-    port = free_port()
-    server = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
-                               f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    jobs = {"kubeclip-triton": [f"127.0.0.1:{exporter.server_port}"]}
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:  # ready, and holding enough samples for a 20 s window
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1)
+        with prometheus_server(tmp_path_factory.mktemp("prometheus"), jobs) as url:
+            deadline = time.time() + 60
+            while time.time() < deadline:  # holding enough samples for a 20 s window
                 if canary_health(url, "ml", "clip-predictor-00002", "20s").requests > 100:
                     break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        yield url
+                time.sleep(0.5)
+            yield url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         exporter.shutdown()
 
 
