@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The GPU checks (issues 4 and 6) in one go, for a lent GPU machine with PyTorch and ONNX Runtime: tower
+# throughput and parity in fp32/fp16/bf16, ONNX Runtime CUDA where present, bf16 training samples/s and MFU.
+# Runs from the source tree (PYTHONPATH=.); rows go to $OUT/gpu_check.json when $OUT is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-.}"
+PYTHONPATH=. python3 benchmarks/gpu_check.py --out "$out/gpu_check.json" "$@" 2>&1 | tee "$out/gpu_check.log"
