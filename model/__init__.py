@@ -5,7 +5,7 @@ Knows nothing of Kubernetes, KFP, DVC or Triton.
 
 from model.checkpoint import load, save
 from model.clip import CLIP, CLIPOutput
-from model.config import CLIPConfig, TextConfig, VisionConfig, available_models, get_config
+from model.config import BertConfig, CLIPConfig, HFTextConfig, TextConfig, VisionConfig, available_models, get_config
 from model.tokenizer import tokenize
 from model.transforms import image_transform
 
@@ -15,5 +15,5 @@ def build(name_or_config) -> CLIP:
     return CLIP(get_config(name_or_config))
 
 
-__all__ = ["CLIP", "CLIPConfig", "CLIPOutput", "TextConfig", "VisionConfig", "available_models", "build",
-           "image_transform", "load", "save", "tokenize"]
+__all__ = ["CLIP", "BertConfig", "CLIPConfig", "CLIPOutput", "HFTextConfig", "TextConfig", "VisionConfig",
+           "available_models", "build", "image_transform", "load", "save", "tokenize"]

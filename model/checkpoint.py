@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save_file
 
 from model.clip import CLIP
 from model.config import CLIPConfig, TextConfig, VisionConfig, get_config
-from model.tokenizer import default_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -42,7 +41,7 @@ def save_config_and_tokenizer(clip: CLIP, path: str | Path) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG_FILE).write_text(json.dumps(clip.config.to_dict(), indent=2) + "\n")
-    default_tokenizer().save(path / TOKENIZER_DIR)
+    clip.tokenizer.save(path / TOKENIZER_DIR)
 
 
 def find_weights(path: str | Path) -> Path:
@@ -110,6 +109,9 @@ def infer_config(state: Mapping[str, torch.Tensor], quick_gelu: bool = False) ->
     def count(prefix: str) -> int:
         return len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})
 
+    if any(k.startswith("text.transformer.") for k in state):
+        raise ValueError("a state dict with a Hugging Face text tower does not tell its sizes (heads): load it "
+                         "from its kubeclip folder, whose config.json has them, or pass config")
     if "visual.proj" in state:
         width, patch = state["visual.conv1.weight"].shape[0], state["visual.conv1.weight"].shape[-1]
         grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
@@ -139,7 +141,7 @@ def load(source: str | Path | Mapping, config=None, quick_gelu: bool | None = No
     `quick_gelu=None`: QuickGELU for OpenAI archives, the saved or given config's choice otherwise,
     and QuickGELU with a warning for bare state dicts, whose shapes cannot tell.
     """
-    saved_config, openai_archive = None, False
+    saved_config, openai_archive, tokenizer_dir = None, False, None
     if isinstance(source, Mapping):
         state = source
     else:
@@ -149,6 +151,8 @@ def load(source: str | Path | Mapping, config=None, quick_gelu: bool | None = No
             raise ValueError(f"{weights} holds a {type(state).__name__}, not a state dict")
         if (weights.parent / CONFIG_FILE).is_file():
             saved_config = CLIPConfig.from_json(weights.parent / CONFIG_FILE)
+        if (weights.parent / TOKENIZER_DIR).is_dir():
+            tokenizer_dir = weights.parent / TOKENIZER_DIR
     state = clean_state_dict(state)
 
     cfg = get_config(config) if config is not None else saved_config or infer_config(state)
@@ -172,4 +176,5 @@ def load(source: str | Path | Mapping, config=None, quick_gelu: bool | None = No
         raise ValueError(f"weights do not fit the architecture {cfg.to_dict()}: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
     clip.load_state_dict(state, strict=False)
+    clip.tokenizer_dir = tokenizer_dir
     return clip.eval()

@@ -41,10 +41,50 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
+class BertConfig:
+    """The shape-deciding fields of a Hugging Face BERT-style `config.json` (names as Hugging Face spells them)."""
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    pad_token_id: int = 0
+
+
+@dataclass(frozen=True)
+class HFTextConfig:
+    """A pretrained Hugging Face encoder as the text tower, pooled, then a learned linear projection.
+
+    The JSON keys follow open_clip's `text_cfg` for Hugging Face towers (`hf_model_name`,
+    `hf_pooler_type`, `hf_proj_type`) plus `hf_config`, the encoder's sizes, so a checkpoint
+    rebuilds without the original model folder.
+    """
+    hf_model_name: str  # the folder the weights came from; lineage only once they are in a checkpoint
+    hf_config: BertConfig
+    hf_pooler_type: str = "mean_pooler"  # mean_pooler (over the attention mask) or cls_pooler
+    hf_proj_type: str = "linear"  # a bias-free linear map from the encoder width to embed_dim
+    context_length: int = 77
+
+    def __post_init__(self):
+        if self.hf_pooler_type not in ("mean_pooler", "cls_pooler"):
+            raise ValueError(f"hf_pooler_type must be mean_pooler or cls_pooler, not {self.hf_pooler_type!r}")
+        if self.hf_proj_type != "linear":
+            raise ValueError(f"hf_proj_type {self.hf_proj_type!r} is not supported; kubeclip has 'linear'")
+
+    @property
+    def width(self) -> int:
+        return self.hf_config.hidden_size
+
+
+@dataclass(frozen=True)
 class CLIPConfig:
     embed_dim: int
     vision: VisionConfig
-    text: TextConfig
+    text: TextConfig | HFTextConfig
     quick_gelu: bool = False  # OpenAI's weights were trained with QuickGELU; GELU otherwise
 
     @classmethod
@@ -57,8 +97,14 @@ class CLIPConfig:
         if isinstance(vision.get("layers"), list):
             vision["layers"] = tuple(vision["layers"])
             vision["patch_size"] = None
+        text = dict(d["text_cfg"])
+        if "hf_model_name" in text:
+            text["hf_config"] = _checked(BertConfig, text.get("hf_config", {}))
+            text = _checked(HFTextConfig, text)
+        else:
+            text = _checked(TextConfig, text)
         return cls(embed_dim=int(d["embed_dim"]), quick_gelu=bool(d.get("quick_gelu", False)),
-                   vision=_checked(VisionConfig, vision), text=_checked(TextConfig, d["text_cfg"]))
+                   vision=_checked(VisionConfig, vision), text=text)
 
     def to_dict(self) -> dict[str, Any]:
         vision = asdict(self.vision)

@@ -1,9 +1,10 @@
-"""CLIP's byte-level BPE tokenizer, producing the same ids as OpenAI's and open_clip's.
+"""CLIP's byte-level BPE tokenizer, producing the same ids as OpenAI's and open_clip's, and a Hugging Face
+`tokenizer.json` tokenizer for pretrained text towers, with the same calls.
 
 The vocabulary file is read from the installed open-clip-torch distribution (without importing it),
 or from a checkpoint's `tokenizer/` folder, where `ClipTokenizer.save` puts a copy. This file is
 copied as it is into the Triton repository's tokenizer model: torch is imported only where a tensor
-is asked for.
+is asked for, and the `tokenizers` library only by the Hugging Face tokenizer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import regex
 
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 CONFIG_FILE = "tokenizer_config.json"
+HF_TOKENIZER_FILE = "tokenizer.json"
 CONTEXT_LENGTH = 77
 _MERGES = 49152 - 256 - 2  # merges used by CLIP: vocab 49,408 = 2 x 256 bytes + merges + 2 specials
 
@@ -133,20 +135,72 @@ class ClipTokenizer:
         config = {"type": "clip_bpe", "vocab_file": VOCAB_FILE, "context_length": self.context_length}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
+    def __reduce__(self):  # the BPE cache does not pickle; a copy re-reads the vocabulary
+        return type(self), (self.vocab_path, self.context_length)
 
-def load_tokenizer(directory: str | Path) -> ClipTokenizer:
+
+class HFTokenizer:
+    """A Hugging Face fast tokenizer (`tokenizer.json`): its own normalisation, special tokens and vocabulary,
+    right-padded with its pad id to `context_length`, too-long texts cut (the end token is kept)."""
+
+    def __init__(self, tokenizer_file: str | Path, context_length: int = CONTEXT_LENGTH):
+        from tokenizers import Tokenizer
+
+        self.tokenizer_file = Path(tokenizer_file)
+        self.context_length = context_length
+        self.tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
+        padding = self.tokenizer.padding or {}
+        self.pad_token_id = padding.get("pad_id", self.tokenizer.token_to_id("[PAD]") or 0)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def padded_ids(self, texts: list[str], context_length: int | None = None) -> list[list[int]]:
+        length = context_length or self.context_length
+        self.tokenizer.enable_truncation(max_length=length)
+        self.tokenizer.enable_padding(length=length, pad_id=self.pad_token_id, direction="right")
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+
+    def __call__(self, texts: str | list[str], context_length: int | None = None):
+        """Token ids, LongTensor `[N, context_length]`; the attention mask is `ids != pad_token_id`."""
+        import torch
+
+        texts = [texts] if isinstance(texts, str) else texts
+        length = context_length or self.context_length
+        return torch.tensor(self.padded_ids(texts, length), dtype=torch.long).view(len(texts), length)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([i for i in ids if i != self.pad_token_id])
+
+    def save(self, directory: str | Path) -> None:
+        """Write `tokenizer_config.json` (type "hf") and a copy of `tokenizer.json`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.tokenizer_file, directory / HF_TOKENIZER_FILE)
+        config = {"type": "hf", "tokenizer_file": HF_TOKENIZER_FILE, "context_length": self.context_length,
+                  "pad_token_id": self.pad_token_id}
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+    def __reduce__(self):
+        return type(self), (self.tokenizer_file, self.context_length)
+
+
+def load_tokenizer(directory: str | Path) -> ClipTokenizer | HFTokenizer:
     """The tokenizer saved in a checkpoint's `tokenizer/` folder."""
     directory = Path(directory)
     config = json.loads((directory / CONFIG_FILE).read_text())
+    if config.get("type") == "hf":
+        return HFTokenizer(directory / config["tokenizer_file"], config.get("context_length", CONTEXT_LENGTH))
     if config.get("type") != "clip_bpe":
         raise ValueError(f"{directory / CONFIG_FILE}: tokenizer type {config.get('type')!r} is not supported "
-                         "(this kubeclip reads 'clip_bpe')")
+                         "(this kubeclip reads 'clip_bpe' and 'hf')")
     return ClipTokenizer(directory / config["vocab_file"], config.get("context_length", CONTEXT_LENGTH))
 
 
-@lru_cache(maxsize=1)
-def default_tokenizer() -> ClipTokenizer:
-    return ClipTokenizer()
+@lru_cache(maxsize=4)
+def default_tokenizer(context_length: int = CONTEXT_LENGTH) -> ClipTokenizer:
+    return ClipTokenizer(context_length=context_length)
 
 
 def tokenize(texts: str | list[str], context_length: int = CONTEXT_LENGTH):
