@@ -32,8 +32,8 @@ def normalize(name: str) -> str:
 
 
 CONSTRAINTS = {normalize(name): version for name, _, version in
-               (line.split("#")[0].strip().partition("==") for line in (ROOT / "constraints.txt").read_text().splitlines())
-               if name}
+               (line.split("#")[0].strip().partition("==")
+                for line in (ROOT / "constraints.txt").read_text().splitlines()) if name}
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """KFP components of the benchmark step: artifacts mapped to paths, the step called, its numbers logged
 to KFP's Metrics, ClassificationMetrics and HTML artifacts. `results` holds the step's whole --out
-folder (metrics.json, report.html, summary.md, lineage.json); the gate reads it."""
+folder (metrics.json, report.html, summary.md, lineage.json), its metadata the lineage; the gate reads it."""
 
 from kfp import dsl
 
@@ -20,6 +20,7 @@ def benchmark_classification(checkpoint: dsl.Input[dsl.Model], dataset: dsl.Inpu
 
     from components.benchmark.report import headline
     from components.benchmark.step import BenchmarkOptions, benchmark
+    from components.lineage import lineage_metadata
 
     result = benchmark(BenchmarkOptions(
         checkpoint=checkpoint.path, out=results.path,
@@ -29,6 +30,7 @@ def benchmark_classification(checkpoint: dsl.Input[dsl.Model], dataset: dsl.Inpu
     for key, value in headline(result).items():
         metrics.log_metric(key, value)
     confusion.log_confusion_matrix(result["zeroshot"]["classes"], result["zeroshot"]["confusion_matrix"])
+    results.metadata.update(lineage_metadata(results.path))
     shutil.copyfile(f"{results.path}/report.html", report.path)
 
 
@@ -41,11 +43,13 @@ def benchmark_retrieval(checkpoint: dsl.Input[dsl.Model], dataset: dsl.Input[dsl
 
     from components.benchmark.report import headline
     from components.benchmark.step import BenchmarkOptions, benchmark
+    from components.lineage import lineage_metadata
 
     result = benchmark(BenchmarkOptions(checkpoint=checkpoint.path, out=results.path, retrieval=dataset.path,
                                         split=split, max_images=max_images or None))
     for key, value in headline(result).items():
         metrics.log_metric(key, value)
+    results.metadata.update(lineage_metadata(results.path))
     shutil.copyfile(f"{results.path}/report.html", report.path)
 
 

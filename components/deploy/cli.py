@@ -12,8 +12,8 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "deploy", help="create or patch the KServe InferenceService; canary, then promote or roll back",
-        description="Roll a Triton repository out as the InferenceService (storageUri and the kubeclip.io/model-id "
-                    "annotation). With --canary-percent, watch the new revision's error ratio and p99 latency in "
+        description="Roll a Triton repository out as the InferenceService (storageUri, and the kubeclip.io/model-id, "
+                    "kubeclip.io/lineage and kubeclip.io/git-commit annotations). With --canary-percent, watch the new revision's error ratio and p99 latency in "
                     "Prometheus, then promote it or roll back with the reason. --dry-run prints the object.",
         allow_abbrev=False)
     add_options(parser, DeployOptions, params_section="deploy")

@@ -14,6 +14,7 @@ def deploy(repository: dsl.Input[dsl.Model], namespace: str, name: str = "clip",
 
     result = deploy(DeployOptions(name=name, namespace=namespace, storage_uri=repository.uri,
                                   model_id=repository.metadata.get("kubeclip_model_id"),
+                                  lineage=f"{repository.path}/lineage.json",
                                   canary_percent=canary_percent or None, prometheus_url=prometheus_url or None,
                                   dry_run=dry_run))
     return result["action"]

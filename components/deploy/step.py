@@ -1,6 +1,6 @@
 """The deploy step: roll a Triton repository out as the `clip` InferenceService, safely.
 
-Create or patch the InferenceService (storageUri and the model-id annotation), wait until it is
+Create or patch the InferenceService (storageUri, and the model id and lineage as annotations), wait until it is
 Ready; with a canary, watch the new revision's error ratio and p99 latency in Prometheus, then
 promote it to all traffic or roll back with the reason. After the first rollout this step owns
 `storageUri` and the `kubeclip.io/model-id` annotation (its patches carry the field manager
@@ -18,12 +18,16 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import fsspec
 import yaml
 
+from components.lineage import chain
 from components.options import option
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "serving" / "clip.yaml"
 MODEL_ID_ANNOTATION = "kubeclip.io/model-id"
+LINEAGE_ANNOTATION = "kubeclip.io/lineage"  # one JSON entry per step back to the data (components/lineage.chain)
+GIT_COMMIT_ANNOTATION = "kubeclip.io/git-commit"  # the commit that packaged the repository
 FIELD_MANAGER = "kubeclip-deploy"
 MODELS = 'model=~"clip_embed_text|clip_embed_image"'
 
@@ -35,6 +39,8 @@ class DeployOptions:
     storage_uri: str = option(help="the Triton repository to serve (s3://..., gs://..., pvc://...)")
     model_id: str | None = option(None, "recorded as the kubeclip.io/model-id annotation (the Triton "
                                         "repository's kubeclip_model_id)")
+    lineage: str | None = option(None, "the repository's lineage.json (path or URL): recorded as the "
+                                       "kubeclip.io/lineage and kubeclip.io/git-commit annotations")
     canary_percent: int | None = option(None, "send this share of traffic to the new model first, watch it, then "
                                                "promote or roll back (KServe Serverless mode)")
     prometheus_url: str | None = option(None, "Prometheus to read the canary's error ratio and p99 latency from")
@@ -66,8 +72,11 @@ def render(opts: DeployOptions, current: dict | None = None) -> dict:
     """The InferenceService to apply: the running one (or the template) with this model's storage and id."""
     isvc = without_server_fields(current) if current else yaml.safe_load(TEMPLATE.read_text())
     isvc["metadata"].update(name=opts.name, namespace=opts.namespace)
-    if opts.model_id:
-        isvc["metadata"].setdefault("annotations", {})[MODEL_ID_ANNOTATION] = opts.model_id
+    # the annotations describe the model rolled out now: what this rollout does not know is dropped, not left stale
+    known = isvc["metadata"].setdefault("annotations", {})
+    for key in (MODEL_ID_ANNOTATION, LINEAGE_ANNOTATION, GIT_COMMIT_ANNOTATION):
+        known.pop(key, None)
+    known.update(annotations(opts))
     predictor = isvc["spec"]["predictor"]
     predictor["model"]["storageUri"] = opts.storage_uri
     if opts.canary_percent is not None:
@@ -77,6 +86,21 @@ def render(opts: DeployOptions, current: dict | None = None) -> dict:
     else:
         predictor.pop("canaryTrafficPercent", None)
     return isvc
+
+
+def annotations(opts: DeployOptions) -> dict[str, str]:
+    """The model id, and the repository's lineage with its commit; a lineage naming another model is refused."""
+    found = {MODEL_ID_ANNOTATION: opts.model_id} if opts.model_id else {}
+    if opts.lineage:
+        with fsspec.open(opts.lineage, "r") as f:
+            record = json.load(f)
+        packaged = record.get("inputs", {}).get("export", {}).get("model_id")
+        if opts.model_id and packaged and packaged != opts.model_id:
+            raise SystemExit(f"{opts.lineage} packages model {packaged}, not --model-id {opts.model_id}")
+        found[LINEAGE_ANNOTATION] = json.dumps(chain(record), separators=(",", ":"), default=str)
+        if record.get("git_commit"):
+            found[GIT_COMMIT_ANNOTATION] = record["git_commit"]
+    return found
 
 
 def query(prometheus_url: str, promql: str) -> float:

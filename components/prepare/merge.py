@@ -47,7 +47,7 @@ def merge(opts: MergeOptions) -> dict:
                     rows_rejected=dict(sorted(Counter(r["reason"] for r in rejects).items())), complete=True)
     out.write_jsonl(REJECTS, rejects)
     out.write_json(MANIFEST, manifest)
-    write_lineage(opts.out, "prepare merge", {p: {"manifest_sha256": sha256(Output(p).read(MANIFEST))}
+    write_lineage(opts.out, "prepare merge", {p: {"url": p, "manifest_sha256": sha256(Output(p).read(MANIFEST))}
                                               for p in opts.parts}, asdict(opts), started)
     return manifest
 

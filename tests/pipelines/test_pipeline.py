@@ -32,6 +32,11 @@ def test_pipeline_runs_locally_like_dvc(tmp_path, monkeypatch):
     for task in ("prepare-merge", "train", "benchmark-classification", "export", "package"):
         assert (run / task).is_dir(), f"task {task} did not run"
     assert (run / "package" / "repository" / "clip_embed_text" / "config.pbtxt").is_file()
+    (repository,) = json.loads((run / "package" / "executor_output.json").read_text())["artifacts"]["repository"][
+        "artifacts"]
+    lineage = repository["metadata"]["lineage"]  # the artifact's metadata: its steps, back to each partition
+    assert [s["step"] for s in lineage] == ["triton-repo", "export", "train", "prepare merge", "prepare synthetic"]
+    assert lineage[0]["inputs"]["export"]["model_id"] == repository["metadata"]["kubeclip_model_id"]
     pipeline_metrics = json.loads((run / "benchmark-classification" / "results" / "metrics.json").read_text())
 
     dvc_metrics = dvc_repro(tmp_path / "dvc")

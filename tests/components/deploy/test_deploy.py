@@ -32,8 +32,8 @@ def test_dry_run_prints_a_valid_inference_service():
 
 
 def test_annotations_carry_the_repository_lineage_and_replace_the_previous_model_s(tmp_path):
-    write_lineage(str(tmp_path / "export"), "export", {"checkpoint": {"url": "runs/train", "sha256": "7f3a" * 16}}, {},
-                  time.time())
+    write_lineage(str(tmp_path / "export"), "export",
+                  {"checkpoint": {"url": str(tmp_path / "train"), "sha256": "7f3a" * 16}}, {}, time.time())
     write_lineage(str(tmp_path / "repo"), "triton-repo",
                   {"export": {"url": str(tmp_path / "export"), "model_id": "7f3a7f3a7f3a"}}, {}, time.time())
     result = subprocess.run([sys.executable, "-m", "components.cli", "deploy", "--namespace", "ml", "--storage-uri",
