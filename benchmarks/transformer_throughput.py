@@ -24,10 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -39,30 +36,13 @@ import model
 from components.export.step import ExportOptions, export
 from components.export.triton_repo import TritonRepoOptions, triton_repo
 from components.serve.load import Load, closed_loop
-from components.serve.triton_server import TritonServer, free_port
+from components.serve.transformer_process import TransformerProcess
+from components.serve.triton_server import TritonServer
 from serve_throughput import sample_images
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
            "apple", "bicycle", "bridge", "castle", "cloud", "mountain", "rose", "tank", "train", "whale"]
-
-
-def start_transformer(grpc_url: str, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "components.serve.transformer", "--predictor_host", grpc_url,
-                                "--http_port", str(port), "--enable_grpc", "false"], cwd=ROOT,
-                               stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if process.poll() is not None:
-            raise SystemExit(f"the transformer exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v1/models/clip", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the transformer did not become ready:\n{log.read_text()[-3000:]}")
 
 
 def workloads(url: str, grpc_url: str, images: list[bytes], labels: list[str]) -> dict[str, dict]:
@@ -142,14 +122,10 @@ def main() -> None:
     print(f"{args.model}, {described}, {os.cpu_count()} cores; work folder {work}")
     results: dict[str, dict[int, dict[str, Load]]] = {}
     with TritonServer(work / "repo", log_file=work / "triton.log", exit_timeout=2) as server:
-        process, url = start_transformer(server.grpc_url, work / "transformer.log")
-        try:
-            for name, paths in workloads(url, server.grpc_url, images, CLASSES[:args.labels]).items():
+        with TransformerProcess(server.grpc_url, work / "transformer.log") as transformer:
+            for name, paths in workloads(transformer.url, server.grpc_url, images, CLASSES[:args.labels]).items():
                 print(f"  {name}")
                 results[name] = {c: measure(paths, c, args, flip=i % 2 == 1) for i, c in enumerate(args.concurrency)}
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
     print(f"\n{'workload':<20} {'conc':>4} | {'transformer QPS':>15} {'p50 ms':>7} {'p99 ms':>7} | "
           f"{'direct QPS':>10} {'p50 ms':>7} {'p99 ms':>7} | overhead (direct/transformer QPS)")
     for name, points in results.items():

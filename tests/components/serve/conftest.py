@@ -11,10 +11,8 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -22,7 +20,8 @@ import torch
 import model
 from components.export.step import ExportOptions, export
 from components.export.triton_repo import TritonRepoOptions, triton_repo
-from components.serve.triton_server import TritonServer, free_port
+from components.serve.transformer_process import TransformerProcess
+from components.serve.triton_server import TritonServer
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -96,33 +95,11 @@ def parse_configs(repo: Path) -> dict[str, dict]:
     return json.loads(done.stdout)
 
 
-def start_transformer(command: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    """A transformer process and its base URL, once its model answers ready."""
-    port = free_port()
-    process = subprocess.Popen([*command, str(port)], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/v1/models/clip", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise AssertionError(f"the transformer did not become ready:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="session")
 def transformer(server, tmp_path_factory):
     """`python -m components.serve.transformer` with the flags KServe injects, on the test Triton
     (whose repository takes batches of up to 16)."""
     log = tmp_path_factory.mktemp("transformer") / "transformer.log"
-    process, url = start_transformer(
-        [sys.executable, "-m", "components.serve.transformer", "--model_name", "clip", "--predictor_host",
-         server.grpc_url, "--enable_grpc", "false", "--max-batch-size", "16", "--max-image-pixels", "1000000",
-         "--max-request-bytes", str(4 * 2**20), "--http_port"], log)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with TransformerProcess(server.grpc_url, log, "--model_name", "clip", "--max-batch-size", "16",
+                            "--max-image-pixels", "1000000", "--max-request-bytes", str(4 * 2**20)) as running:
+        yield running.url

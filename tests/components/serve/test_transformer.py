@@ -9,6 +9,7 @@ import io
 import json
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -20,8 +21,9 @@ from PIL import Image
 
 from components.serve.encoder import TritonEncoder, zero_shot
 from components.serve.load import closed_loop
+from components.serve.triton_server import free_port
 
-from .conftest import grpc_call, start_transformer
+from .conftest import ROOT, grpc_call
 
 LABELS = ["red square", "green circle", "blue triangle"]
 TEMPLATES = ["a photo of a {c}.", "a drawing of a {c}."]
@@ -201,15 +203,29 @@ def test_an_unknown_model_is_404(transformer):
 
 
 def test_kubeclip_serve_transformer_runs_it_against_a_local_triton(server, tmp_path):
-    process, url = start_transformer(
-        [sys.executable, "-m", "components.cli", "serve", "--transformer", "--predictor-url", server.grpc_url,
-         "--max-batch-size", "16", "--http-port"], tmp_path / "serve.log")
+    port = free_port()
+    with (tmp_path / "serve.log").open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "components.cli", "serve", "--transformer", "--predictor-url",
+                                    server.grpc_url, "--max-batch-size", "16", "--http-port", str(port)],
+                                   cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
     try:
+        deadline = time.time() + 120
+        while not predict_ok(url) and time.time() < deadline:
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            time.sleep(0.3)
         got = embeddings(predict(url, [{"text": "a green circle"}]))
         np.testing.assert_allclose(got, grpc_call(server.grpc_url, "embed_texts", ["a green circle"]), atol=1e-6)
     finally:
         process.terminate()
-        assert process.wait(timeout=30) is not None
+        assert process.wait(timeout=30) == 0
+
+
+def predict_ok(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v1/models/clip", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_load_through_the_transformer_with_bad_requests_mixed_in(transformer):
