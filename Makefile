@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export DVC_NO_ANALYTICS := 1
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)  # dvc.yaml calls the `kubeclip` console script
+# dvc.yaml calls the `kubeclip` console script (a comment after the value would end up in PATH)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install system-deps demo test test-slow bench images lock clean
@@ -40,6 +41,7 @@ test-slow: install
 ## bench: the speed benchmarks, each printing a ratio against a baseline run side by side
 bench: install
 	$(PY) benchmarks/train_step_throughput.py
+	$(PY) benchmarks/train_vs_open_clip.py
 
 ## images: the runtime, training and Triton images (needs a Docker engine); names and bases from components/images.py
 IMAGE = $(shell $(PYTHON) -m components.images $(1))

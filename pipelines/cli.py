@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser("pipeline", help="the Kubeflow pipeline: compile, submit, or run it here",
                                    description="The Kubeflow pipeline wiring every step (prepare partitions, "
-                                               "merge, train, benchmark, gate, export, package, deploy).")
+                                               "merge, train, benchmark, gate, export, package, deploy), and "
+                                               "the local chain's last stage (serve-check).")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     compile_ = commands.add_parser("compile", help="write the IR YAML (default: the committed file)",
                                    allow_abbrev=False)

@@ -111,8 +111,9 @@ def table(results: dict) -> str:
     if results["linear_probe_top1"] is not None:
         rows.append(("linear probe top1 (PyTorch features)", f"{results['linear_probe_top1']:.3f}"))
     for artifact, figures in results["parity"].items():
-        rows.append((f"parity of {artifact} with PyTorch: min cosine, zero-shot agreement",
-                     f"{figures['cosine_min']:.6f}, {figures['zeroshot_agreement']:.3f}"))
+        rows.append((f"parity of {artifact} with PyTorch: min cosine, max abs diff, zero-shot agreement",
+                     f"{figures['cosine_min']:.8f}, {figures['max_abs_diff']:.1e}, "
+                     f"{figures['zeroshot_agreement']:.3f}"))
     rows.append((f"latency of one zero-shot query via Triton gRPC, p50 / p95 ({latency['queries']} queries, "
                  f"{latency['correct']} right)", f"{latency['p50']:.1f} / {latency['p95']:.1f} ms"))
     return "| | |\n|---|---|\n" + "".join(f"| {what} | {value} |\n" for what, value in rows)

@@ -45,3 +45,9 @@ def test_dvc_repro_runs_the_local_pipeline(tmp_path):
     assert served["model"]["backend"] == "triton" and results["zeroshot_top1"]["triton"] == served["zeroshot"]["top1"]
     assert results["latency_ms"]["queries"] == 5 and 0 < results["latency_ms"]["p50"] <= results["latency_ms"]["p95"]
     assert "latency of one zero-shot query" in (tmp_path / "runs" / "serve" / "results.md").read_text()
+    # the stage fails the chain when Triton falls short of PyTorch (here: any shortfall, even none, is too much)
+    short = subprocess.run(["kubeclip", "pipeline", "serve-check", "--repository", "runs/repository", "--benchmark",
+                            "runs/benchmark", "--export", "runs/export", "--out", "runs/short",
+                            "--latency-queries", "1", "--max-accuracy-drop", "-1"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert short.returncode != 0 and "below PyTorch's" in short.stderr, short.stderr
