@@ -35,6 +35,7 @@ class Stream:
     resample: bool = False  # draw shards with replacement instead of passing over them in epochs
     rank: int = 0
     world_size: int = 1
+    tokenizer: object = None  # the model's (`clip.tokenizer`); None: CLIP's BPE
 
 
 def _seed(*parts) -> int:
@@ -110,7 +111,7 @@ class CaptionBatches(IterableDataset):
             meta = json.loads(files["json"]) if "json" in files else {}
             options = meta.get("captions") or [files["txt"].decode()]
             captions.append(options[rng.randrange(len(options))])
-        ids = default_tokenizer()(captions, self.stream.context_length)
+        ids = (self.stream.tokenizer or default_tokenizer())(captions, self.stream.context_length)
         return torch.stack(images), ids
 
 

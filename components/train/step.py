@@ -13,7 +13,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -27,6 +27,8 @@ from components.options import option
 from components.train import data
 from components.train.checkpoints import Checkpoints, load_state
 from components.train.metrics import TrainMetrics
+from components.train.text_cache import TextFeatureCache
+from model import hf_text
 from model.losses import ClipLoss, SigLipLoss
 
 MAX_LOGIT_SCALE = math.log(100)
@@ -65,6 +67,22 @@ class TrainOptions:
     max_nonfinite: int = option(5, "stop after this many steps in a row with a non-finite loss")
     metrics_port: int | None = option(None, "serve Prometheus metrics on this port (rank 0)")
     pushgateway: str | None = option(None, "push metrics to this Prometheus Pushgateway (host:port)")
+    text_tower: str | None = option(None, "hf:PATH: a pretrained BERT-style encoder from a local Hugging Face model "
+                                          "folder (config.json, model.safetensors or pytorch_model.bin, "
+                                          "tokenizer.json) plus a learned projection; its tokenizer is used and saved")
+    text_pooling: str = option("mean", "with --text-tower: mean (over real tokens) or cls pooling")
+    image_tower_from: str | None = option(None, "take the image tower (architecture, weights, embed_dim and "
+                                                "quick_gelu) from an OpenAI, open_clip or kubeclip checkpoint")
+    lock_text: bool = option(False, "freeze the text tower's pretrained weights (a Hugging Face tower's "
+                                    "projection still trains); fully locked, its features are cached per caption")
+    lock_image: bool = option(False, "freeze the image tower, projection included (LiT)")
+    unlock_last: int = option(0, "leave the last N blocks of each locked tower, and what follows them, trainable")
+    cache_text_features: bool = option(True, "with a fully locked text tower, compute each caption's features once "
+                                             "and skip the tower afterwards")
+    time_budget: str | None = option(None, "train for this long (e.g. 90s, 20m, 1.5h): the first steps are timed, "
+                                           "then --steps and --warmup are set so the cosine schedule ends at the "
+                                           "budget, and the run stops there")
+    warmup_fraction: float = option(0.05, "with --time-budget: warmup steps as a fraction of the steps that fit")
 
 
 @dataclass
@@ -97,17 +115,129 @@ def init_distributed() -> Distributed:
     return Distributed(rank, local_rank, world_size, device)
 
 
-def lr_at(step: int, opts: TrainOptions) -> float:
-    """Linear warmup to `lr`, then cosine decay to zero at `steps` (steps are 1-based)."""
-    if step <= opts.warmup:
-        return opts.lr * step / max(1, opts.warmup)
-    progress = (step - opts.warmup) / max(1, opts.steps - opts.warmup)
-    return opts.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warmup to `lr` at step `warmup`, then cosine decay to zero at `steps` (steps are 1-based).
+
+    A time-budgeted run refits the schedule as it measures its pace; a refit at step `start` continues the
+    curve from where it stands: the warmup ramps on from `start_lr`, or the cosine goes on from its
+    progress `start_progress`, stretched or squeezed to end at the new `steps`.
+    """
+    lr: float
+    warmup: int
+    steps: int
+    start: int = 0
+    start_lr: float = 0.0
+    start_progress: float = 0.0
+
+    def progress(self, step: int) -> float:
+        """How far the cosine has gone at `step`: 0 during warmup, 1 at `steps`."""
+        if step <= self.warmup:
+            return 0.0
+        begin = max(self.start, self.warmup)
+        return min(1.0, self.start_progress + (1 - self.start_progress) * (step - begin) / max(1, self.steps - begin))
+
+    def at(self, step: int) -> float:
+        if step <= self.warmup:
+            return self.start_lr + (self.lr - self.start_lr) * (step - self.start) / max(1, self.warmup - self.start)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * self.progress(step)))
+
+    def refit(self, step: int, steps: int, warmup: int) -> Schedule:
+        """The rest of this curve, ending at `steps` (and, if still warming up, reaching `lr` at `warmup`)."""
+        if step < self.warmup:
+            return Schedule(self.lr, max(step, warmup), steps, start=step, start_lr=self.at(step))
+        return Schedule(self.lr, self.warmup, steps, start=step, start_progress=self.progress(step))
+
+
+CALIBRATION_STEPS = 20  # steps timed before a budgeted run first fixes its schedule (fewer once 10% of it passed)
+OPEN = 1 << 40  # the length of a budgeted run's schedule before its pace is known
+REFIT_EVERY = 0.1  # then the pace is measured again and the schedule refitted after each such share of the budget
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '90s', '20m', '1.5h' (a bare number is seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise SystemExit(f"--time-budget must be a positive duration such as 90s, 20m or 1.5h, not {text!r}")
+    return seconds
+
+
+class TimeBudget:
+    """Sizes the schedule so that it ends when `seconds` are up, counted from `started` (the start of `train`,
+    moved back by the time a resumed run had already spent).
+
+    Until the first fit the learning rate ramps by time: warmup is `warmup_fraction` of the budget. The
+    pace (wall seconds per step, checkpoints and logging included) is measured over the steps after the
+    first one, which pays for start-up; after `CALIBRATION_STEPS` of them (or 10% of the budget) the
+    steps that fit in the time left fix `steps`, and `warmup` becomes `warmup_fraction` of them. Every
+    further 10% of the budget the pace since the last fit is measured again and the schedule refitted,
+    which follows a pace that changes (a text-feature cache warming up, a busy machine). Whatever the
+    estimates, the run stops at the budget. Rank 0 decides for every process.
+    """
+
+    def __init__(self, seconds: float, started: float, warmup_fraction: float, device: torch.device, world_size: int):
+        self.seconds, self.started, self.warmup_fraction = seconds, started, warmup_fraction
+        self.device, self.world_size = device, world_size
+        self.window: tuple[int, float] | None = None  # (step, time) the pace is measured from
+        self.next_fit = 0.0
+
+    def ramp_lr(self, lr: float, loop_start: float) -> float:
+        return lr * min(1.0, (time.time() - loop_start) / max(1e-9, self.warmup_fraction * self.seconds))
+
+    def after_step(self, step: int, schedule: Schedule | None) -> tuple[int | None, int | None, bool]:
+        """(steps, warmup) of a new fit or (None, None); and whether the budget is spent."""
+        now = time.time()
+        decision = torch.zeros(3, dtype=torch.float64, device=self.device)  # steps, warmup, stop
+        if self.window is None:
+            self.window = (step, now)
+        elif now >= self.next_fit:
+            taken, elapsed = step - self.window[0], now - self.window[1]
+            first = schedule is None
+            if taken >= 3 and (not first or taken >= CALIBRATION_STEPS or now - self.started > 0.1 * self.seconds):
+                steps = step + max(1, int((self.seconds - (now - self.started)) / (elapsed / taken)))
+                decision[0], decision[1] = steps, max(1, math.ceil(self.warmup_fraction * steps))
+                self.window, self.next_fit = (step, now), now + REFIT_EVERY * self.seconds
+        decision[2] = float(now - self.started >= self.seconds)
+        if self.world_size > 1:
+            dist.broadcast(decision, 0)
+        steps, warmup, stop = (int(v) for v in decision.tolist())
+        return (steps or None), (warmup or None), bool(stop)
+
+
+def build_model(opts: TrainOptions) -> model.CLIP:
+    """The CLIP to train: `--model`, with a pretrained Hugging Face text tower and an image tower taken from a
+    checkpoint when asked, and the locked towers frozen."""
+    cfg = model.get_config(opts.model)
+    source = None
+    if opts.image_tower_from:
+        source = model.load(opts.image_tower_from)
+        cfg = replace(cfg, vision=source.config.vision, embed_dim=source.config.embed_dim,
+                      quick_gelu=source.config.quick_gelu)
+    if opts.text_tower:
+        text_path = hf_text.parse_text_tower(opts.text_tower)
+        cfg = replace(cfg, text=hf_text.config_from_pretrained(text_path, opts.text_pooling, cfg.text.context_length))
+    clip = model.CLIP(cfg)
+    if opts.text_tower:
+        hf_text.load_pretrained(clip.text.transformer, text_path)
+    if source is not None:
+        clip.visual.load_state_dict(source.visual.state_dict())
+    if opts.lock_image:
+        clip.lock_image_tower(opts.unlock_last)
+    if opts.lock_text:
+        clip.lock_text_tower(opts.unlock_last)
+    if opts.unlock_last and not (opts.lock_image or opts.lock_text):
+        raise SystemExit("--unlock-last applies to a locked tower: add --lock-image and/or --lock-text")
+    return clip
 
 
 def param_groups(clip: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay only on matrices: never on gains, biases, embeddings or the logit scale."""
-    no_decay = ("token_embedding.weight", "positional_embedding", "class_embedding", "logit_scale")
+    no_decay = ("token_embedding.weight", "positional_embedding", "class_embedding", "logit_scale",
+                "word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight")
     decay, rest = [], []
     for name, param in clip.named_parameters():
         if param.requires_grad:
@@ -156,11 +286,12 @@ def train_step(clip, loss_fn, batches, dtype, device, no_sync, shared: list[torc
 
 
 def train(opts: TrainOptions) -> dict:
-    """Train to `opts.steps`; returns the final metrics record."""
+    """Train to `opts.steps` (or for `opts.time_budget`); returns the final metrics record."""
     started = time.time()
+    budget = parse_duration(opts.time_budget) if opts.time_budget else None
     env = init_distributed()
     torch.manual_seed(opts.seed)
-    clip = model.build(opts.model).to(env.device)
+    clip = build_model(opts).to(env.device)
     clip.set_grad_checkpointing(opts.grad_checkpointing)
     loss_fn = (SigLipLoss if opts.loss == "siglip" else ClipLoss)(env.rank, env.world_size).to(env.device)
     if opts.loss == "siglip":
@@ -173,7 +304,9 @@ def train(opts: TrainOptions) -> dict:
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
     checkpoints = Checkpoints(opts.out)
 
-    start, batches_done, skipped_total = 0, 0, 0
+    start, batches_done, skipped_total, budget_start = 0, 0, 0, started
+    schedule = Schedule(opts.lr, opts.warmup, opts.steps)
+    calibrating = budget is not None  # until the first steps are timed, the total is open
     resume_from = checkpoints.latest() if opts.resume == "latest" else opts.resume
     if resume_from:
         weights, state = load_state(resume_from)
@@ -183,6 +316,13 @@ def train(opts: TrainOptions) -> dict:
         loss_fn.load_state_dict(state["loss"])
         start, batches_done, skipped_total = state["step"], state["batches"], state["skipped"]
         torch.set_rng_state(state["rng"])
+        if budget is not None and "schedule" in state:  # a budgeted run goes on with its schedule and spent time
+            schedule = Schedule(**state["schedule"])
+            calibrating = schedule.steps == OPEN
+            budget_start -= state["budget_seconds"]
+    if calibrating:
+        schedule = Schedule(opts.lr, OPEN, OPEN)  # open until fixed; the ramp meanwhile is by time (below)
+    opts = replace(opts, steps=schedule.steps, warmup=schedule.warmup)
 
     net = clip
     if env.world_size > 1:
@@ -191,23 +331,35 @@ def train(opts: TrainOptions) -> dict:
         net = torch.compile(net)
     no_sync = net.no_sync if isinstance(net, DistributedDataParallel) else contextlib.nullcontext
     shared = [clip.logit_scale, *loss_fn.parameters()]
+    text_cache = TextFeatureCache(clip, env.device) if opts.cache_text_features and clip.text_tower_frozen else None
 
     stream = data.Stream(shard_urls(opts.data, opts.split), opts.batch_size, clip.image_size,
-                         clip.context_length, opts.seed, opts.shuffle_buffer, opts.resample, env.rank, env.world_size)
+                         clip.context_length, opts.seed, opts.shuffle_buffer, opts.resample, env.rank, env.world_size,
+                         tokenizer=clip.tokenizer)
     batches = iter(data.loader(stream, opts.workers, skip_batches=batches_done))
     metrics = TrainMetrics(opts.out, opts.metrics_port, opts.pushgateway, start) if env.main else None
     global_batch = opts.batch_size * env.world_size * opts.accum_steps
     nonfinite, record = 0, {}
-    progress = tqdm(total=opts.steps, initial=start, unit="step", disable=not env.main or None, mininterval=1)
+    clock = TimeBudget(budget, budget_start, opts.warmup_fraction, env.device, env.world_size) if budget else None
+    progress = tqdm(total=None if calibrating else opts.steps, initial=start, unit="step",
+                    disable=not env.main or None, mininterval=1)
     net.train()
-    for step in range(start + 1, opts.steps + 1):
-        lr = lr_at(step, opts)
+    step, loop_start = start, time.time()
+    while step < opts.steps:
+        step += 1
+        if calibrating:  # until the pace is known, warmup ramps by the time spent
+            lr = clock.ramp_lr(opts.lr, loop_start)
+        else:
+            lr = schedule.at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         step_start = time.time()
         micro = [next(batches) for _ in range(opts.accum_steps)]
-        micro = [(images.to(env.device, non_blocking=True), ids.to(env.device, non_blocking=True)) for images, ids in micro]
         data_wait = time.time() - step_start
+        if text_cache is not None:  # the locked tower's pooled output replaces the ids
+            micro = [(images, text_cache(ids)) for images, ids in micro]
+        micro = [(images.to(env.device, non_blocking=True), text.to(env.device, non_blocking=True))
+                 for images, text in micro]
         batches_done += opts.accum_steps
 
         loss = train_step(net, loss_fn, micro, dtype, env.device, no_sync, shared)
@@ -233,9 +385,19 @@ def train(opts: TrainOptions) -> dict:
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        elapsed = time.time() - step_start
+
+        if clock is not None:
+            steps, warmup, spent = clock.after_step(step, None if calibrating else schedule)
+            if steps:
+                schedule = (Schedule(opts.lr, max(step, warmup), steps, start=step, start_lr=lr) if calibrating
+                            else schedule.refit(step, steps, warmup))
+                opts, calibrating = replace(opts, steps=schedule.steps, warmup=schedule.warmup), False
+                progress.total = opts.steps
+            if spent and step < opts.steps:  # slower than measured: stop at the budget all the same
+                opts = replace(opts, steps=step)
 
         if env.main:
-            elapsed = time.time() - step_start
             metrics.step_done(step, data_wait)
             progress.update(1)
             if step % opts.log_every == 0 or step == opts.steps:
@@ -246,7 +408,8 @@ def train(opts: TrainOptions) -> dict:
                 progress.set_postfix(loss=f"{record['loss']:.3f}")
         if step % opts.checkpoint_every == 0 or step == opts.steps:
             state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "loss": loss_fn.state_dict(),
-                     "step": step, "batches": batches_done, "skipped": skipped_total, "rng": torch.get_rng_state()}
+                     "step": step, "batches": batches_done, "skipped": skipped_total, "rng": torch.get_rng_state(),
+                     "schedule": asdict(schedule), "budget_seconds": time.time() - budget_start}
             if env.main:
                 checkpoints.save(clip, state, step, opts.keep_last)
                 metrics.checkpoint_done()
@@ -255,8 +418,12 @@ def train(opts: TrainOptions) -> dict:
     progress.close()
     if env.main:
         manifest_sha = file_sha256(f"{opts.data.rstrip('/')}/manifest.json")
+        parameters = {**asdict(opts), "world_size": env.world_size}
+        if text_cache is not None:
+            parameters["text_cache"] = {"captions": len(text_cache.features), "hits": text_cache.hits,
+                                        "misses": text_cache.misses}
         write_lineage(opts.out, "train", {"data": {"url": opts.data, "manifest_sha256": manifest_sha}},
-                      {**asdict(opts), "world_size": env.world_size}, started)
+                      parameters, started)
     if env.world_size > 1:
         dist.destroy_process_group()
     return record
