@@ -41,9 +41,10 @@ class TorchEncoder:
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         out = []
         for start in range(0, len(texts), self.batch_size):
-            ids = model.tokenize(texts[start:start + self.batch_size], self.clip.context_length)
-            # text attention is causal and pools at end-of-text (the largest id), so the padding after
-            # the batch's last end-of-text changes nothing: dropping it makes short prompts ~5x cheaper
-            ids = ids[:, : int(ids.argmax(dim=-1).max()) + 1]
+            ids = self.clip.tokenizer(texts[start:start + self.batch_size], self.clip.context_length)
+            if not self.clip.has_hf_text:  # a Hugging Face tower drops its padding itself
+                # text attention is causal and pools at end-of-text (the largest id), so the padding after
+                # the batch's last end-of-text changes nothing: dropping it makes short prompts ~5x cheaper
+                ids = ids[:, : int(ids.argmax(dim=-1).max()) + 1]
             out.append(self.clip.encode_text(ids.to(self.device)).float())
         return F.normalize(torch.cat(out), dim=-1).cpu()
