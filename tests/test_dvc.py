@@ -55,7 +55,7 @@ def test_dvc_repro_runs_the_local_pipeline(tmp_path):
     # an experiment on the committed chain: one parameter changed, what depends on it rerun
     git = ["git", "-c", "user.name=kubeclip", "-c", "user.email=kubeclip@localhost"]
     for command in ([*git, "add", "-A"], [*git, "commit", "-q", "-m", "baseline"],
-                    ["dvc", "exp", "run", "-S", "train.lr=0.002", "benchmark"]):
+                    ["dvc", "exp", "run", "-S", "train.lr=0.002", "train"]):
         result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / "runs" / "train" / "lineage.json").read_text())["parameters"]["lr"] == 0.002
