@@ -231,7 +231,7 @@ def files_read_beside_the_source() -> set[str]:
                 except NameError:
                     continue  # built from another module's location
                 relative = Path(value).resolve().relative_to(ROOT)
-                if relative.parts[0] not in packages:
+                if relative.parts and relative.parts[0] not in packages:  # not the checkout root itself (cwd)
                     found.add(relative.as_posix())
     return found
 
