@@ -157,10 +157,17 @@ class HFTokenizer:
         return self.tokenizer.get_vocab_size()
 
     def padded_ids(self, texts: list[str], context_length: int | None = None) -> list[list[int]]:
+        return self.padded_ids_and_mask(texts, context_length)[0]
+
+    def padded_ids_and_mask(self, texts: list[str], context_length: int | None = None
+                            ) -> tuple[list[list[int]], list[list[int]]]:
+        """Rows of `context_length` ids and the attention mask (1 = token, 0 = padding), what the exported
+        text tower takes as `input_ids` and `attention_mask`."""
         length = context_length or self.context_length
         self.tokenizer.enable_truncation(max_length=length)
         self.tokenizer.enable_padding(length=length, pad_id=self.pad_token_id, direction="right")
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        encodings = self.tokenizer.encode_batch(list(texts))
+        return [e.ids for e in encodings], [e.attention_mask for e in encodings]
 
     def __call__(self, texts: str | list[str], context_length: int | None = None):
         """Token ids, LongTensor `[N, context_length]`; the attention mask is `ids != pad_token_id`."""

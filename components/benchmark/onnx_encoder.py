@@ -27,6 +27,7 @@ class OnnxEncoder:
         self.context_length = config.text.context_length
         self.image = ort.InferenceSession(str(export_dir / image_model), providers=["CPUExecutionProvider"])
         self.text = ort.InferenceSession(str(export_dir / text_model), providers=["CPUExecutionProvider"])
+        self.takes_mask = "attention_mask" in {i.name for i in self.text.get_inputs()}
         self.batch_size = batch_size
 
     def encode_images(self, images: list[bytes]) -> torch.Tensor:
@@ -40,6 +41,11 @@ class OnnxEncoder:
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         out = []
         for start in range(0, len(texts), self.batch_size):
-            ids = self.tokenizer(texts[start:start + self.batch_size], self.context_length).int().numpy()
-            out.append(self.text.run(["embedding"], {"input_ids": ids})[0])
+            batch = texts[start:start + self.batch_size]
+            if self.takes_mask:  # a Hugging Face text tower: the tokenizer's ids and attention mask
+                ids, mask = self.tokenizer.padded_ids_and_mask(batch, self.context_length)
+                feeds = {"input_ids": np.asarray(ids, dtype=np.int32), "attention_mask": np.asarray(mask, dtype=np.int32)}
+            else:
+                feeds = {"input_ids": self.tokenizer(batch, self.context_length).int().numpy()}
+            out.append(self.text.run(["embedding"], feeds)[0])
         return F.normalize(torch.from_numpy(np.concatenate(out)).float(), dim=-1)

@@ -4,6 +4,9 @@ Exporter: the TorchScript-based one (`dynamo=False`), chosen deliberately. It wr
 self-contained file per tower at opset 17 (LayerNormalization as one op), and onnxruntime matches
 PyTorch to ~1e-7. torch 2.14's dynamo exporter names the token-embedding value `embedding`, which
 clashes with the output name the serving contract fixes, and keeps weights in a side file.
+
+A Hugging Face text tower takes `attention_mask` INT32 [B, L] (1 = token, 0 = padding) beside
+`input_ids`, as its tokenizer produces them; CLIP's own tower pools at end-of-text and needs no mask.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 import model
 
 IMAGE_ONNX, TEXT_ONNX = "image_encoder.onnx", "text_encoder.onnx"
+TEXT_INPUTS, TEXT_INPUTS_HF = ("input_ids",), ("input_ids", "attention_mask")  # CLIP's text tower; Hugging Face's
 # kept in fp32 inside fp16 graphs: normalisations and reductions lose too much in half precision
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "Pow", "Sqrt", "Exp"]
 
@@ -46,20 +50,42 @@ class TextTower(torch.nn.Module):
         return F.normalize(self.clip.encode_text(input_ids), dim=-1)
 
 
+class HFTextTower(TextTower):
+    """input_ids INT32 [B, L], attention_mask INT32 [B, L] -> embedding FP32 [B, D], L2-normalised."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_text(input_ids, attention_mask=attention_mask), dim=-1)
+
+
+def text_inputs(clip: model.CLIP) -> tuple[str, ...]:
+    """The text tower's ONNX input names."""
+    return TEXT_INPUTS_HF if clip.has_hf_text else TEXT_INPUTS
+
+
+def text_tower(clip: model.CLIP) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """The text tower to export and example inputs for it (int32, as the tokenizer serves them)."""
+    texts = ["a photo of a cat.", ""]
+    if clip.has_hf_text:
+        ids, mask = clip.tokenizer.padded_ids_and_mask(texts, clip.context_length)
+        return HFTextTower(clip), (torch.tensor(ids, dtype=torch.int32), torch.tensor(mask, dtype=torch.int32))
+    return TextTower(clip), (model.tokenize(texts, clip.context_length).int(),)
+
+
 def export_towers(clip: model.CLIP, out: Path, opset: int = 17) -> list[Path]:
     """Write and check `image_encoder.onnx` and `text_encoder.onnx`; returns their paths."""
     clip = clip.eval().float()
+    text, text_examples = text_tower(clip)
     examples = {
-        IMAGE_ONNX: (ImageTower(clip), "pixel_values", torch.zeros(2, 3, clip.image_size, clip.image_size)),
-        TEXT_ONNX: (TextTower(clip), "input_ids", model.tokenize(["a photo of a cat.", ""], clip.context_length).int()),
+        IMAGE_ONNX: (ImageTower(clip), ("pixel_values",), (torch.zeros(2, 3, clip.image_size, clip.image_size),)),
+        TEXT_ONNX: (text, text_inputs(clip), text_examples),
     }
     paths = []
-    for name, (tower, input_name, example) in examples.items():
+    for name, (tower, input_names, example) in examples.items():
+        axes = {input_name: {0: "batch"} for input_name in input_names}
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the exporter's deprecation notice and its note on index ops
-            torch.onnx.export(tower, (example,), out / name, input_names=[input_name], output_names=["embedding"],
-                              dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}},
-                              opset_version=opset, dynamo=False)
+            torch.onnx.export(tower, example, out / name, input_names=list(input_names), output_names=["embedding"],
+                              dynamic_axes={**axes, "embedding": {0: "batch"}}, opset_version=opset, dynamo=False)
         onnx.checker.check_model(out / name, full_check=True)
         paths.append(out / name)
     return paths
