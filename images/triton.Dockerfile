@@ -10,7 +10,7 @@ FROM ${TRITON_BASE}
 # Ubuntu 24.04 marks the system Python as externally managed; this image is its only user.
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1
 COPY constraints.txt /tmp/constraints.txt
-RUN python3 -m pip install -c /tmp/constraints.txt numpy pillow onnxruntime ftfy regex && rm /tmp/constraints.txt
+RUN python3 -m pip install -c /tmp/constraints.txt numpy pillow onnxruntime ftfy regex tokenizers && rm /tmp/constraints.txt
 
 # triton-server (uid 1000), the non-root user of NVIDIA's image; the ServingRuntime runs as it
 USER 1000

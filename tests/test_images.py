@@ -247,23 +247,29 @@ def test_files_the_code_reads_beside_the_source_are_in_the_image(name):
         assert dockerfile.source_of(relative, workdir) == relative, f"{name}: {relative} is not copied beside it"
 
 
+# imported inside functions that serving never calls (the tokenizer's __call__, which returns a tensor;
+# serving calls padded_ids and padded_ids_and_mask)
+NEVER_IMPORTED_BY_SERVING = {"torch"}
+
+
 def test_triton_image_installs_every_library_the_python_models_import():
-    """Derived from the source of the files `kubeclip triton-repo` copies into the Python models."""
+    """Derived from the source of the files `kubeclip triton-repo` copies into the Python models: imports at
+    module level and inside functions (the Hugging Face tokenizer imports `tokenizers` only when used)."""
     distributions = importlib.metadata.packages_distributions()
     needed = set()
     for files in _PYTHON_FILES.values():
         siblings = {Path(name).stem for name in files}
         for source in files.values():
-            for node in ast.parse(source.read_text()).body:
+            for node in ast.walk(ast.parse(source.read_text())):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
                 for top in (n.split(".")[0] for n in names):
                     if top in sys.stdlib_module_names or top in siblings or top in PROVIDED_BY_TRITON \
-                            or top == "__future__":
+                            or top in NEVER_IMPORTED_BY_SERVING or top == "__future__":
                         continue
                     assert top in distributions, f"{source.name} imports {top}, which no installed package provides"
                     needed.update(normalize(d) for d in distributions[top])
-    assert {"numpy", "pillow", "ftfy", "regex", "onnxruntime"} <= needed  # the search sees the imports
+    assert {"numpy", "pillow", "ftfy", "regex", "onnxruntime", "tokenizers"} <= needed  # the search sees them
     (words, _), = PARSED["triton.Dockerfile"].pip_installs()
     installed = {normalize(w.partition("==")[0]) for i, w in enumerate(words)
                  if not w.startswith("-") and words[i - 1] != "-c"}

