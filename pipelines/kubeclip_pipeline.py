@@ -1,5 +1,6 @@
 """The Kubeflow pipeline: prepare (fanned out over partitions) -> merge -> train -> benchmark -> gate ->
-export -> package -> deploy, with the same step functions `dvc repro` runs.
+export [-> TensorRT engines on a GPU node -> their parity check] -> package -> deploy, with the same step
+functions `dvc repro` runs.
 
 Under `kfp.local` every task runs here (training under a local torchrun); on a cluster, with
 `train_namespace` set, training is a PyTorchJob, and the exit handler deletes what a failed or
@@ -11,7 +12,7 @@ from kfp import dsl, kubernetes
 
 from components.benchmark.component import benchmark_classification, gate
 from components.deploy.component import deploy
-from components.export.component import export, package
+from components.export.component import export, export_tensorrt, export_tensorrt_check, package
 from components.images import RUNTIME_IMAGE
 from components.prepare.component import prepare_merge, prepare_synthetic
 from components.train.component import train, train_cleanup
@@ -32,12 +33,26 @@ def _with_storage(task: dsl.PipelineTask) -> dsl.PipelineTask:
                                         optional=True)
 
 
+def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """One NVIDIA GPU, and the toleration GPU nodes' taint usually asks for."""
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    return kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+
+
+def _package_and_deploy(exported, flavor, namespace, canary_percent, prometheus_url, dry_run) -> None:
+    repository = package(exported=exported, flavor=flavor)
+    released = _with_storage(deploy(repository=repository.outputs["repository"], namespace=namespace,
+                                    canary_percent=canary_percent, prometheus_url=prometheus_url, dry_run=dry_run))
+    released.set_caching_options(False)  # a rollout acts on the cluster: never served from the cache
+
+
 @dsl.pipeline(name="kubeclip", description="Image-text pairs to a benchmarked, exported, served CLIP.")
 def kubeclip_pipeline(samples: int = 10000, seed: int = 0, image_size: int = 64, partitions: int = 2,
                       eval_samples_per_class: int = 50, model: str = "tiny-vit", steps: int = 400,
                       batch_size: int = 64, lr: float = 1e-3, warmup: int = 40, nproc_per_node: int = 1,
                       train_namespace: str = "", train_nodes: int = 1, gpus_per_node: int = 0,
                       minimums: list = ["zeroshot.top1=0.375"], fp16: bool = True, flavor: str = "gpu",
+                      tensorrt: bool = False,
                       deploy_namespace: str = "kubeclip", canary_percent: int = 0, prometheus_url: str = "",
                       deploy_dry_run: bool = True):
     cleanup = train_cleanup(namespace=train_namespace, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
@@ -59,10 +74,14 @@ def kubeclip_pipeline(samples: int = 10000, seed: int = 0, image_size: int = 64,
                                           subset="eval/compositions", linear_probe=True)
         verdict = gate(candidate=scored.outputs["results"], minimums=minimums)
         with dsl.If(verdict.output == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
-            exported = export(checkpoint=trained.outputs["checkpoint"], fp16=fp16)
-            repository = package(exported=exported.outputs["exported"], flavor=flavor)
-            released = _with_storage(deploy(repository=repository.outputs["repository"], namespace=deploy_namespace,
-                                            canary_percent=canary_percent, prometheus_url=prometheus_url,
-                                            dry_run=deploy_dry_run))
-            released.set_caching_options(False)  # a rollout acts on the cluster: never served from the cache
+            exported = export(checkpoint=trained.outputs["checkpoint"], fp16=fp16, tensorrt=tensorrt)
+            # kfp.local cannot merge branch outputs (dsl.OneOf), so each branch packages and deploys its own.
+            with dsl.If(tensorrt == False, name="onnx-encoders"):  # noqa: E712
+                _package_and_deploy(exported.outputs["exported"], flavor, deploy_namespace, canary_percent,
+                                    prometheus_url, deploy_dry_run)
+            with dsl.Else(name="tensorrt-engines"):
+                engines = _on_gpu(export_tensorrt(exported=exported.outputs["exported"]))
+                checked = export_tensorrt_check(engines=engines.outputs["engines"])
+                _package_and_deploy(checked.outputs["checked"], flavor, deploy_namespace, canary_percent,
+                                    prometheus_url, deploy_dry_run)
     cleanup.set_caching_options(False)

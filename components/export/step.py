@@ -86,6 +86,6 @@ def verify(clip: model.CLIP, out: Path, parity_data: str | None, parity_images: 
 
 def build_engines(out: Path, clip: model.CLIP) -> str:
     (out / "trt").mkdir(exist_ok=True)
-    for command in tensorrt.plan_commands(str(out), clip.image_size, clip.context_length):
+    for command in tensorrt.plan_commands(out):  # shapes and input names from the ONNX graphs
         subprocess.run(command, check=True)
     return "built"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from components.images import TENSORRT_IMAGE, TRITON_BASE, TRITON_RELEASE
 from pipelines.run import COMPILED, compile_pipeline, run_local
 from tests.conftest import ROOT
 
@@ -21,6 +22,30 @@ def test_committed_ir_is_current(tmp_path):
     fresh = compile_pipeline(tmp_path / "pipeline.yaml")
     assert list(yaml.safe_load_all(fresh.read_text())) == list(yaml.safe_load_all(COMPILED.read_text())), \
         "pipelines/kubeclip_pipeline.yaml is stale: run `kubeclip pipeline compile` and commit it"
+
+
+def test_tensorrt_runs_on_a_gpu_node_in_the_matching_tensorrt_release_and_is_checked_before_packaging():
+    spec, platform = yaml.safe_load_all(COMPILED.read_text())
+    engines = spec["deploymentSpec"]["executors"]["exec-export-tensorrt"]["container"]
+    assert engines["image"] == TENSORRT_IMAGE and TRITON_RELEASE in TRITON_BASE
+    assert engines["resources"]["accelerator"] == {"count": "1", "resourceCount": "1", "resourceType": "nvidia.com/gpu",
+                                                   "type": "nvidia.com/gpu"}
+    assert engines["command"][-1].endswith('bash "$1/trt/build.sh"')  # the script the export step wrote
+    kubernetes = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-export-tensorrt"]
+    assert kubernetes["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    tasks = _all_tasks(spec)
+    assert tasks["export-tensorrt-check"]["inputs"]["artifacts"]["engines"]["taskOutputArtifact"]["producerTask"] == \
+        "export-tensorrt"
+    plans = tasks["package-2"]["inputs"]["artifacts"]["exported"]  # the TensorRT branch packages checked plans only
+    assert plans == {"taskOutputArtifact": {"outputArtifactKey": "checked", "producerTask": "export-tensorrt-check"}}
+
+
+def _all_tasks(spec: dict) -> dict:
+    """Every task of the pipeline's DAGs, by name."""
+    tasks = {}
+    for dag in [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]:
+        tasks.update(dag["tasks"])
+    return tasks
 
 
 def test_pipeline_runs_locally_like_dvc(tmp_path, monkeypatch):

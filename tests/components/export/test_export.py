@@ -11,7 +11,6 @@ import torch
 from onnx import numpy_helper
 
 import model
-from components.export import tensorrt
 from components.export.onnx_towers import ImageTower, TextTower
 from components.export.step import REPORT, ExportGateError, ExportOptions, check_gates, export, verify
 
@@ -79,11 +78,3 @@ def test_broken_parity_fails_the_gate(exported, tmp_path):
     assert not report["gates"]["image_encoder.onnx"]["max_abs_diff"]["passed"]
     with pytest.raises(ExportGateError, match="image_encoder.onnx: max_abs_diff"):
         check_gates(report, out / REPORT)
-
-
-def test_tensorrt_command_builds_an_fp16_engine_with_batch_profiles():
-    image, text = tensorrt.plan_commands("/export", image_size=224, context_length=77, max_batch=64)
-    assert image == ["trtexec", "--onnx=/export/image_encoder.onnx", "--saveEngine=/export/trt/image_encoder.plan",
-                     "--fp16", "--minShapes=pixel_values:1x3x224x224", "--optShapes=pixel_values:16x3x224x224",
-                     "--maxShapes=pixel_values:64x3x224x224", "--skipInference"]
-    assert "--minShapes=input_ids:1x77" in text and "--maxShapes=input_ids:64x77" in text
