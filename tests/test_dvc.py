@@ -45,6 +45,17 @@ def test_dvc_repro_runs_the_local_pipeline(tmp_path):
     assert served["model"]["backend"] == "triton" and results["zeroshot_top1"]["triton"] == served["zeroshot"]["top1"]
     assert results["latency_ms"]["queries"] == 5 and 0 < results["latency_ms"]["p50"] <= results["latency_ms"]["p95"]
     assert "latency of one zero-shot query" in (tmp_path / "runs" / "serve" / "results.md").read_text()
+    # dvc plots: the loss curve from training's logged steps, the zero-shot (and probe) recall of every class
+    shown = subprocess.run(["dvc", "plots", "show", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    plots = {name: plot[0]["content"]["data"]["values"] for name, plot in json.loads(shown.stdout)["data"].items()}
+    curve = plots["runs/train/curve.json"]
+    assert [p["step"] for p in curve] == [r["step"] for r in map(json.loads, (
+        tmp_path / "runs" / "train" / "metrics.jsonl").read_text().splitlines())] and all("loss" in p for p in curve)
+    per_class = plots["runs/benchmark/per_class.json"]
+    assert [p["class"] for p in per_class] == metrics["zeroshot"]["classes"]
+    assert [p["zeroshot"] for p in per_class] == metrics["zeroshot"]["per_class_recall"]
+    assert [p["linear_probe"] for p in per_class] == metrics["linear_probe"]["per_class_recall"]
     # the stage fails the chain when Triton falls short of PyTorch (here: any shortfall, even none, is too much)
     short = subprocess.run(["kubeclip", "pipeline", "serve-check", "--repository", "runs/repository", "--benchmark",
                             "runs/benchmark", "--export", "runs/export", "--out", "runs/short",

@@ -3,7 +3,8 @@
 A classification set gets zero-shot classification (and, when asked, a linear probe and the
 robustness sweep); a caption split gets image-text retrieval. Every number comes from embeddings
 through the Encoder interface, so another backend (ONNX Runtime, Triton) is scored by the same code.
-Outputs in --out: metrics.json nested by task, report.html, summary.md and lineage.json.
+Outputs in --out: metrics.json nested by task, report.html, summary.md, lineage.json and, for a
+classification set, per_class.json (each class's recall, for `dvc plots`).
 """
 
 from __future__ import annotations
@@ -94,8 +95,19 @@ def benchmark(opts: BenchmarkOptions) -> dict:
     _write(opts.out, "metrics.json", json.dumps(metrics, indent=2) + "\n")
     _write(opts.out, "report.html", render_html(metrics))
     _write(opts.out, "summary.md", render_markdown(metrics))
+    if "zeroshot" in metrics:
+        _write(opts.out, "per_class.json", json.dumps(per_class_rows(metrics), indent=1) + "\n")
     write_lineage(opts.out, "benchmark", inputs, asdict(opts), started)
     return metrics
+
+
+def per_class_rows(metrics: dict) -> list[dict]:
+    """Each class's zero-shot (and linear-probe) recall, one record per class: what `dvc plots` draws."""
+    rows = [{"class": c, "zeroshot": r} for c, r in zip(metrics["zeroshot"]["classes"],
+                                                         metrics["zeroshot"]["per_class_recall"])]
+    for row, recall in zip(rows, metrics.get("linear_probe", {}).get("per_class_recall", [])):
+        row["linear_probe"] = recall
+    return rows
 
 
 def classification(encoder: Encoder, opts: BenchmarkOptions, cache: ClassifierCache | None) -> dict:

@@ -22,6 +22,7 @@ class TrainMetrics:
     def __init__(self, out: str, metrics_port: int | None, pushgateway: str | None, start_step: int = 0,
                  job: str = "kubeclip-train"):
         self.fs, self.path = fsspec.core.url_to_fs(f"{out.rstrip('/')}/metrics.jsonl")
+        self.curve_path = f"{self.path.rsplit('/', 1)[0]}/curve.json"  # the same records as one JSON list: DVC plots
         # a resumed run keeps the lines up to its checkpoint and logs the rest again
         previous = self.fs.cat_file(self.path).decode().splitlines() if self.fs.exists(self.path) else []
         self.records = [r for r in map(json.loads, previous) if r["step"] <= start_step]
@@ -56,6 +57,7 @@ class TrainMetrics:
         self.samples_per_second.set(record["samples_per_second"])
         self.records.append(record)
         atomic_write(self.fs, self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+        atomic_write(self.fs, self.curve_path, json.dumps(self.records).encode())
         self.push()
 
     def checkpoint_done(self) -> None:
