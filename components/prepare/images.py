@@ -99,6 +99,7 @@ def decode(data: bytes, limits: ImageLimits) -> Image.Image:
             if width * height > limits.max_pixels:
                 raise Rejected("too_many_pixels", f"{width}x{height} is over the {limits.max_pixels:,}-pixel "
                                                   "limit (--max-pixels); decompression bombs look like this")
+            _draft(image, limits.image_size)
             image.load()
     except Image.DecompressionBombError as e:
         raise Rejected("too_many_pixels", str(e)) from e
@@ -112,6 +113,16 @@ def decode(data: bytes, limits: ImageLimits) -> Image.Image:
         return to_rgb(ImageOps.exif_transpose(image, in_place=True) or image)
     except Exception as e:  # a broken EXIF block or a mode Pillow cannot convert: one bad image, not a failed run
         raise Rejected("unreadable_image", f"cannot convert {image.mode} to RGB: {e}") from e
+
+
+def _draft(image: Image.Image, image_size: int) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (in the DCT domain, where it is nearly free) while its
+    shorter side stays at least `image_size`: decoding and resizing then touch up to 64 times fewer pixels.
+    The whole stream is still decoded, so a truncated or corrupt file is still found."""
+    width, height = image.size
+    if image.format == "JPEG" and min(width, height) >= 2 * image_size:
+        scale = image_size / min(width, height)
+        image.draft(None, (max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
