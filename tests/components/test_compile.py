@@ -1,4 +1,5 @@
-"""Every KFP component compiles to IR YAML, with the project image and no run-time pip install of kfp."""
+"""Every KFP component compiles to IR YAML, with the project image and no run-time pip install of kfp; the one
+container component (trtexec) runs in the TensorRT release that matches the serving Triton."""
 
 import importlib
 import pkgutil
@@ -9,7 +10,7 @@ from kfp import compiler
 from kfp.dsl.base_component import BaseComponent
 
 import components
-from components.images import RUNTIME_IMAGE
+from components.images import RUNTIME_IMAGE, TENSORRT_IMAGE
 
 
 def all_components() -> list[BaseComponent]:
@@ -28,5 +29,6 @@ def test_component_compiles(component, tmp_path):
     compiler.Compiler().compile(component, str(tmp_path / "component.yaml"))
     spec = yaml.safe_load((tmp_path / "component.yaml").read_text())
     (executor,) = spec["deploymentSpec"]["executors"].values()
-    assert executor["container"]["image"] == RUNTIME_IMAGE
+    expected = TENSORRT_IMAGE if component.name == "export-tensorrt" else RUNTIME_IMAGE
+    assert executor["container"]["image"] == expected
     assert "pip install" not in " ".join(executor["container"]["command"])
