@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import collections
 import dataclasses
+import functools
 import uuid
 
 import grpc
@@ -116,11 +117,16 @@ class ClipTransformer(kserve.Model):
         CLASSIFIER_CACHE.labels("miss" if build is None else "hit").inc()
         if build is None:
             build = self._classifiers[key] = asyncio.ensure_future(self._build_classifier(labels, templates))
-            build.add_done_callback(lambda task: task.exception() and self._classifiers.pop(key, None))
+            build.add_done_callback(functools.partial(self._forget_failed, key))
             while len(self._classifiers) > self.cache_size:
                 self._classifiers.popitem(last=False)
         self._classifiers.move_to_end(key)
         return await asyncio.shield(build)
+
+    def _forget_failed(self, key: tuple, build: asyncio.Task) -> None:
+        """A build that failed is not kept: the next request for these labels tries again."""
+        if (build.cancelled() or build.exception()) and self._classifiers.get(key) is build:
+            del self._classifiers[key]
 
     async def _build_classifier(self, labels: tuple[str, ...], templates: tuple[str, ...]) -> np.ndarray:
         prompts = [template.format(c=label) for label in labels for template in templates]
