@@ -20,6 +20,7 @@ import torch
 import model
 from components.export.step import ExportOptions, export
 from components.export.triton_repo import TritonRepoOptions, triton_repo
+from components.serve.encoder import TritonEncoder, zero_shot
 from components.serve.transformer_process import TransformerProcess
 from components.serve.triton_server import TritonServer
 
@@ -103,3 +104,13 @@ def transformer(server, tmp_path_factory):
     with TransformerProcess(server.grpc_url, log, "--model_name", "clip", "--max-batch-size", "16",
                             "--max-image-pixels", "1000000", "--max-request-bytes", str(4 * 2**20)) as running:
         yield running.url
+
+
+def triton_zero_shot(http_url: str, images: list[bytes], labels: list[str], templates: list[str]) -> torch.Tensor:
+    """[N, C] zero-shot probabilities computed through Triton's ensembles over HTTP: the reference the
+    transformer and the client are held to."""
+    encoder = TritonEncoder(http_url, "http")
+    try:
+        return zero_shot(encoder, images, labels, templates)
+    finally:
+        encoder.close()

@@ -31,14 +31,14 @@ from components.export.triton_repo import RepositoryError, TritonRepoOptions, tr
 from components.prepare import step as prepare
 from components.prepare.synthetic import COMPOSITION_TEMPLATES
 from components.serve.client import EmbeddingClient
-from components.serve.encoder import TritonEncoder, zero_shot
+from components.serve.encoder import zero_shot
 from components.serve.transformer_process import TransformerProcess
 from components.serve.triton_server import TritonServer
 from model import hf_text
 from model.tokenizer import ClipTokenizer, HFTokenizer
 from tests.conftest import require
 
-from .conftest import ROOT, parse_configs
+from .conftest import ROOT, parse_configs, triton_zero_shot
 
 CONTEXT, DIM, IMAGE_SIZE = 32, 64, 32
 # a tiny image tower at a small image size; the text tower (and its width) comes from MiniLM
@@ -208,11 +208,7 @@ def test_triton_embeds_like_pytorch_and_answers_zero_shot(server, clip, queries,
         assert figures["max_abs_diff"] <= GATES["fp32"]["max_abs_diff"], figures
 
     images, labels = queries
-    triton = TritonEncoder(server.http_url, "http")
-    try:
-        probabilities = zero_shot(triton, images, labels, TEMPLATES)
-    finally:
-        triton.close()
+    probabilities = triton_zero_shot(server.http_url, images, labels, TEMPLATES)
     torch_probabilities = zero_shot(reference, images, labels, TEMPLATES)
     assert probabilities.argmax(dim=1).tolist() == torch_probabilities.argmax(dim=1).tolist()
     np.testing.assert_allclose(probabilities.numpy(), torch_probabilities.numpy(), atol=1e-4)
@@ -236,11 +232,7 @@ def test_transformer_classifies_like_triton(server, queries, work):
                 "parameters": {"task": "classify", "labels": labels, "templates": TEMPLATES}}
         response = httpx.post(f"{transformer.url}/v1/models/clip:predict", json=body, timeout=120)
     assert response.status_code == 200, response.text
-    triton = TritonEncoder(server.http_url, "http")
-    try:
-        expected = zero_shot(triton, images, labels, TEMPLATES).numpy()
-    finally:
-        triton.close()
+    expected = triton_zero_shot(server.http_url, images, labels, TEMPLATES).numpy()
     for prediction, row in zip(response.json()["predictions"], expected):
         assert prediction["label"] == labels[int(row.argmax())]
         np.testing.assert_allclose([prediction["scores"][label] for label in labels], row, atol=1e-5)

@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.serve.encoder import TritonEncoder, zero_shot
 from components.serve.load import closed_loop
 from components.serve.triton_server import free_port
 
-from .conftest import ROOT, grpc_call
+from .conftest import ROOT, grpc_call, triton_zero_shot
 
 LABELS = ["red square", "green circle", "blue triangle"]
 TEMPLATES = ["a photo of a {c}.", "a drawing of a {c}."]
@@ -72,11 +71,7 @@ def test_v1_classify_equals_the_reference_zero_shot(transformer, server):
     response = predict(transformer, [{"image_b64": b64(i)} for i in IMAGES], task="classify", labels=LABELS,
                        templates=TEMPLATES)
     assert response.status_code == 200, response.text
-    encoder = TritonEncoder(server.http_url, "http")
-    try:
-        expected = zero_shot(encoder, IMAGES, LABELS, TEMPLATES).numpy()
-    finally:
-        encoder.close()
+    expected = triton_zero_shot(server.http_url, IMAGES, LABELS, TEMPLATES).numpy()
     for prediction, row in zip(response.json()["predictions"], expected):
         assert prediction["label"] == LABELS[int(row.argmax())]
         assert list(prediction["scores"]) == sorted(LABELS, key=lambda label: -row[LABELS.index(label)])
