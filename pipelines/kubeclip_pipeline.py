@@ -39,8 +39,8 @@ def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return kubernetes.add_toleration(task, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
 
 
-def _package_and_deploy(exported, flavor, namespace, canary_percent, prometheus_url, dry_run) -> None:
-    repository = package(exported=exported, flavor=flavor)
+def _package_and_deploy(exported, flavor, precision, namespace, canary_percent, prometheus_url, dry_run) -> None:
+    repository = package(exported=exported, flavor=flavor, precision=precision)
     released = _with_storage(deploy(repository=repository.outputs["repository"], namespace=namespace,
                                     canary_percent=canary_percent, prometheus_url=prometheus_url, dry_run=dry_run))
     released.set_caching_options(False)  # a rollout acts on the cluster: never served from the cache
@@ -51,8 +51,8 @@ def kubeclip_pipeline(samples: int = 10000, seed: int = 0, image_size: int = 64,
                       eval_samples_per_class: int = 50, model: str = "tiny-vit", steps: int = 400,
                       batch_size: int = 64, lr: float = 1e-3, warmup: int = 40, nproc_per_node: int = 1,
                       train_namespace: str = "", train_nodes: int = 1, gpus_per_node: int = 0,
-                      minimums: list = ["zeroshot.top1=0.375"], fp16: bool = True, flavor: str = "gpu",
-                      tensorrt: bool = False,
+                      minimums: list = ["zeroshot.top1=0.375"], fp16: bool = True, int8: bool = False,
+                      flavor: str = "gpu", precision: str = "fp32", tensorrt: bool = False,
                       deploy_namespace: str = "kubeclip", canary_percent: int = 0, prometheus_url: str = "",
                       deploy_dry_run: bool = True):
     cleanup = train_cleanup(namespace=train_namespace, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
@@ -74,14 +74,14 @@ def kubeclip_pipeline(samples: int = 10000, seed: int = 0, image_size: int = 64,
                                           subset="eval/compositions", linear_probe=True)
         verdict = gate(candidate=scored.outputs["results"], minimums=minimums)
         with dsl.If(verdict.output == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
-            exported = export(checkpoint=trained.outputs["checkpoint"], fp16=fp16, tensorrt=tensorrt)
+            exported = export(checkpoint=trained.outputs["checkpoint"], fp16=fp16, int8=int8, tensorrt=tensorrt)
             # kfp.local cannot merge branch outputs (dsl.OneOf), so each branch packages and deploys its own.
             with dsl.If(tensorrt == False, name="onnx-encoders"):  # noqa: E712
-                _package_and_deploy(exported.outputs["exported"], flavor, deploy_namespace, canary_percent,
+                _package_and_deploy(exported.outputs["exported"], flavor, precision, deploy_namespace, canary_percent,
                                     prometheus_url, deploy_dry_run)
             with dsl.Else(name="tensorrt-engines"):
                 engines = _on_gpu(export_tensorrt(exported=exported.outputs["exported"]))
                 checked = export_tensorrt_check(engines=engines.outputs["engines"])
-                _package_and_deploy(checked.outputs["checked"], flavor, deploy_namespace, canary_percent,
+                _package_and_deploy(checked.outputs["checked"], flavor, precision, deploy_namespace, canary_percent,
                                     prometheus_url, deploy_dry_run)
     cleanup.set_caching_options(False)

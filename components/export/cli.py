@@ -11,10 +11,10 @@ def add_parser(subparsers) -> None:
     from components.export.step import ExportOptions
 
     parser = subparsers.add_parser(
-        "export", help="PyTorch -> ONNX image and text towers (+ fp16, TensorRT on GPUs), with parity gates",
+        "export", help="PyTorch -> ONNX image and text towers (+ fp16, int8, TensorRT on GPUs), with parity gates",
         description="Export a checkpoint's towers to ONNX, check them against PyTorch on real images and texts, "
                     "and fail when a parity gate is missed (fp32: cosine >= 0.9999, max abs <= 1e-4; fp16: "
-                    "cosine >= 0.999).", allow_abbrev=False)
+                    "cosine >= 0.999; int8: cosine >= 0.995 and zero-shot agreement >= 0.95).", allow_abbrev=False)
     add_options(parser, ExportOptions, params_section="export")
     parser.set_defaults(func=lambda args: command(args, parser))
 

@@ -8,8 +8,8 @@ from components.images import RUNTIME_IMAGE, TENSORRT_IMAGE
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
 def export(checkpoint: dsl.Input[dsl.Model], exported: dsl.Output[dsl.Model], parity: dsl.Output[dsl.Metrics],
-           fp16: bool = True, opset: int = 17, parity_images: int = 64, tensorrt: bool = False):
-    """ONNX towers (+ fp16) and export_report.json into `exported`, whose metadata carries the model id and the
+           fp16: bool = True, int8: bool = False, opset: int = 17, parity_images: int = 64, tensorrt: bool = False):
+    """ONNX towers (+ fp16, int8) and export_report.json into `exported`, whose metadata carries the model id and the
     lineage; the parity figures as metrics. With `tensorrt`, also the inputs and script of the TensorRT step."""
     from pathlib import Path
 
@@ -18,7 +18,7 @@ def export(checkpoint: dsl.Input[dsl.Model], exported: dsl.Output[dsl.Model], pa
     from components.export.triton_repo import model_id_of
     from components.lineage import lineage_metadata
 
-    report = export(ExportOptions(checkpoint=checkpoint.path, out=exported.path, fp16=fp16, opset=opset,
+    report = export(ExportOptions(checkpoint=checkpoint.path, out=exported.path, fp16=fp16, int8=int8, opset=opset,
                                   parity_images=parity_images))
     if tensorrt:
         trt.prepare(Path(exported.path))
@@ -57,13 +57,13 @@ def export_tensorrt_check(engines: dsl.Input[dsl.Model], checked: dsl.Output[dsl
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
 def package(exported: dsl.Input[dsl.Model], repository: dsl.Output[dsl.Model], flavor: str = "gpu",
-            version: int = 1):
+            precision: str = "fp32", version: int = 1):
     """The Triton model repository of an export (`kubeclip triton-repo`); its metadata carries the model id and
     the lineage back to the training data."""
     from components.export.triton_repo import TritonRepoOptions, triton_repo
     from components.lineage import lineage_metadata
 
     summary = triton_repo(TritonRepoOptions(export=exported.path, out=repository.path, flavor=flavor,
-                                            version=version))
-    repository.metadata.update(kubeclip_model_id=summary["model_id"], flavor=flavor,
+                                            precision=precision, version=version))
+    repository.metadata.update(kubeclip_model_id=summary["model_id"], flavor=flavor, precision=precision,
                                **lineage_metadata(repository.path))

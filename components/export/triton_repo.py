@@ -7,7 +7,7 @@ and `clip_embed_image` (IMAGE -> EMBEDDING). When the export's tokenizer is a Hu
 text encoder takes beside `input_ids` and the text ensemble passes along. Only the encoders differ by
 flavor: `gpu` runs them on the ONNX Runtime backend with TensorRT (or as TensorRT plans when the export
 has them), `cpu` as Python models running ONNX Runtime, for Triton builds without the ONNX Runtime
-backend. The Python models are self-contained: their code and the tokenizer files are copied into the version folders.
+backend. `precision` picks the export's ONNX variant the encoders run (int8: the cpu flavor's fast path). The Python models are self-contained: their code and the tokenizer files are copied into the version folders.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import onnx
 from PIL import Image
 
 import model
-from components.export.onnx_towers import IMAGE_ONNX, TEXT_INPUTS, TEXT_INPUTS_HF, TEXT_ONNX
+from components.export.onnx_towers import IMAGE_ONNX, PRECISIONS, TEXT_INPUTS, TEXT_INPUTS_HF, TEXT_ONNX, variant
 from components.lineage import file_sha256, write_lineage
 from components.options import option
 from components.serve import model_config as mc
@@ -62,6 +62,8 @@ class TritonRepoOptions:
     out: str = option(help="model repository to write (models already there are replaced at this version)")
     flavor: str = option("gpu", "gpu: encoders on the ONNX Runtime backend with TensorRT, or TensorRT plans when the "
                                 "export has them; cpu: encoders as Python models running ONNX Runtime")
+    precision: str = option("fp32", "the ONNX variant the encoders run: fp32, fp16 (export --fp16) or int8 (export "
+                                    "--int8; cpu flavor: ONNX Runtime's int8 CPU kernels, about 3x fp32)")
     version: int = option(1, "the version folder the models are written to")
     max_batch_size: int = option(64, "largest batch of any model; clients send [N, 1] with N up to this")
     dynamic_batching: bool = option(True, "let Triton merge concurrent requests into batches")
@@ -83,8 +85,9 @@ def triton_repo(opts: TritonRepoOptions) -> dict:
     _check(opts, export)
     model_id = model_id_of(export)
     t = _Tensors.of(json.loads((export / "config.json").read_text()), _tokenizer_outputs(export))
-    _check_tower(export / TEXT_ONNX, t.ids)
-    _check_tower(export / IMAGE_ONNX, t.pixels)
+    text_onnx, image_onnx = variant(TEXT_ONNX, opts.precision), variant(IMAGE_ONNX, opts.precision)
+    _check_tower(export / text_onnx, t.ids)
+    _check_tower(export / image_onnx, t.pixels)
     scheduling = mc.Scheduling(opts.max_batch_size, opts.dynamic_batching, opts.max_queue_delay_us)
     no_wait = replace(scheduling, max_queue_delay_us=0)  # item-by-item work gains nothing from waiting for a batch
     common = {mc.MODEL_ID_PARAMETER: model_id}
@@ -101,8 +104,8 @@ def triton_repo(opts: TritonRepoOptions) -> dict:
             PREPROCESS, no_wait, t.image, t.pixels, opts.python_instances,
             {**common, "max_image_bytes": opts.max_image_bytes, "max_image_pixels": opts.max_image_pixels},
             mc.warmup(t.image, [1], {"IMAGE": _warmup_file(out / PREPROCESS, "image", _warmup_png())})),
-        TEXT_ENCODER: _encoder(opts, out, export, TEXT_ENCODER, TEXT_ONNX, t.ids, t.embedding, scheduling, common),
-        IMAGE_ENCODER: _encoder(opts, out, export, IMAGE_ENCODER, IMAGE_ONNX, t.pixels, t.embedding, scheduling,
+        TEXT_ENCODER: _encoder(opts, out, export, TEXT_ENCODER, text_onnx, t.ids, t.embedding, scheduling, common),
+        IMAGE_ENCODER: _encoder(opts, out, export, IMAGE_ENCODER, image_onnx, t.pixels, t.embedding, scheduling,
                                 common),
         EMBED_TEXT: _ensemble(out, opts.version, EMBED_TEXT, t.text, TOKENIZER, t.ids, TEXT_ENCODER, t.output,
                               scheduling, common),
@@ -114,9 +117,10 @@ def triton_repo(opts: TritonRepoOptions) -> dict:
 
     inputs = {"export": {"url": opts.export, "model_id": model_id}}
     inputs.update({name: {"url": str(export / f), "sha256": file_sha256(str(export / f))}
-                   for name, f in (("image_encoder", IMAGE_ONNX), ("text_encoder", TEXT_ONNX))})
+                   for name, f in (("image_encoder", image_onnx), ("text_encoder", text_onnx))})
     write_lineage(str(out), "triton-repo", inputs, asdict(opts), started)
-    return {"repository": str(out), "flavor": opts.flavor, "version": opts.version, "model_id": model_id,
+    return {"repository": str(out), "flavor": opts.flavor, "precision": opts.precision, "version": opts.version,
+            "model_id": model_id,
             "models": {name: c.get("backend") or c.get("platform") for name, c in configs.items()}}
 
 
@@ -169,11 +173,20 @@ def _tokenizer_outputs(export: Path) -> tuple[str, ...]:
 def _check(opts: TritonRepoOptions, export: Path) -> None:
     if opts.flavor not in FLAVORS:
         raise RepositoryError(f"--flavor {opts.flavor!r}: expected one of {', '.join(FLAVORS)}")
+    if opts.precision not in PRECISIONS:
+        raise RepositoryError(f"--precision {opts.precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if opts.flavor == "gpu" and opts.precision == "int8":
+        raise RepositoryError("--precision int8 runs ONNX Runtime's int8 CPU kernels: use it with --flavor cpu "
+                              "(on GPUs, fp32 or fp16 ONNX runs with TensorRT in fp16)")
     if opts.version < 1 or opts.max_batch_size < 1 or opts.encoder_instances < 1 or opts.python_instances < 1:
         raise RepositoryError("--version, --max-batch-size and the instance counts must be at least 1")
     missing = [f for f in (IMAGE_ONNX, TEXT_ONNX, "config.json", "tokenizer") if not (export / f).exists()]
     if missing:
         raise RepositoryError(f"{export}: not an export folder, missing {', '.join(missing)}")
+    towers = [variant(f, opts.precision) for f in (IMAGE_ONNX, TEXT_ONNX)]
+    if not all((export / f).exists() for f in towers):
+        raise RepositoryError(f"{export}: no {' or '.join(towers)}; export with --{opts.precision} to serve "
+                              f"--precision {opts.precision}")
     if opts.flavor == "gpu" and _plans(export) and opts.max_batch_size > PLAN_MAX_BATCH:
         raise RepositoryError(f"--max-batch-size {opts.max_batch_size}: the TensorRT plans take batches up to "
                               f"{PLAN_MAX_BATCH}")

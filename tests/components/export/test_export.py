@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 import model
 from components.export.onnx_towers import ImageTower, TextTower
+from components.export.parity import gate
 from components.export.step import REPORT, ExportGateError, ExportOptions, check_gates, export, verify
 
 
@@ -21,14 +22,15 @@ def exported(request, tmp_path_factory):
     checkpoint = tmp_path_factory.mktemp("ckpt")
     model.save(model.build(request.param), checkpoint)
     out = tmp_path_factory.mktemp("export")
-    report = export(ExportOptions(checkpoint=str(checkpoint), out=str(out), fp16=True, parity_images=16))
+    report = export(ExportOptions(checkpoint=str(checkpoint), out=str(out), fp16=True, int8=True,
+                                  parity_images=16))
     return model.load(checkpoint), out, report
 
 
 def test_export_writes_the_contract(exported):
     clip, out, report = exported
     for name in ("image_encoder.onnx", "text_encoder.onnx", "image_encoder.fp16.onnx", "text_encoder.fp16.onnx",
-                 "config.json", "tokenizer/tokenizer_config.json", "lineage.json", REPORT):
+                 "image_encoder.int8.onnx", "text_encoder.int8.onnx", "config.json", "tokenizer/tokenizer_config.json", "lineage.json", REPORT):
         assert (out / name).is_file(), name
     assert json.loads((out / REPORT).read_text()) == report
     assert report["tensorrt"] == "skipped: no CUDA device"
@@ -46,6 +48,28 @@ def test_export_writes_the_contract(exported):
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]}
     layer_norms = [n for n in inferred.node if n.op_type == "LayerNormalization"]
     assert layer_norms and all(types[n.input[0]] == onnx.TensorProto.FLOAT for n in layer_norms)  # kept in fp32
+
+
+def test_int8_variant_runs_integer_matmuls_on_the_same_contract(exported):
+    clip, out, report = exported
+    for tower in ("image_encoder", "text_encoder"):
+        fp32, int8 = onnx.load(out / f"{tower}.onnx").graph, onnx.load(out / f"{tower}.int8.onnx").graph
+        weights = {w.name for w in int8.initializer}
+        assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {n.op_type for n in int8.node}
+        assert not [n.name for n in int8.node if n.op_type == "MatMul" and weights & set(n.input)]  # all quantised
+        assert [(i.name, i.type.tensor_type.elem_type) for i in int8.input] == \
+            [(i.name, i.type.tensor_type.elem_type) for i in fp32.input]
+        assert [o.name for o in int8.output] == ["embedding"]
+        assert set(report["gates"][f"{tower}.int8.onnx"]) == {"cosine_min", "zeroshot_agreement"}
+
+
+def test_int8_gate_asks_that_zero_shot_predictions_stay_put():
+    close = {"cosine_min": 0.999, "max_abs_diff": 0.02}
+    assert all(g["passed"] for g in gate("int8", {**close, "zeroshot_agreement": 1.0}).values())
+    flipped = gate("int8", {**close, "zeroshot_agreement": 0.9})
+    assert flipped["cosine_min"]["passed"] and not flipped["zeroshot_agreement"]["passed"]
+    assert not gate("int8", {"cosine_min": 0.99, "max_abs_diff": 0.02, "zeroshot_agreement": 1.0})["cosine_min"][
+        "passed"]
 
 
 @pytest.mark.parametrize("batch", [1, 16])

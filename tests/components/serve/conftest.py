@@ -38,7 +38,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported(checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export")
-    export(ExportOptions(checkpoint=str(checkpoint), out=str(out), parity_images=16))
+    export(ExportOptions(checkpoint=str(checkpoint), out=str(out), int8=True, parity_images=16))
     return out
 
 

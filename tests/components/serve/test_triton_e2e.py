@@ -2,7 +2,8 @@
 
 The ensembles give PyTorch's embeddings within the fp32 gate at batch 1 and 16, over HTTP and gRPC;
 PyTorch, ONNX Runtime and Triton agree on zero-shot predictions; bad requests get clear errors while
-the server stays healthy; the Prometheus counters match what was sent; `serve` stops on SIGTERM.
+the server stays healthy; the Prometheus counters match what was sent; `serve` stops on SIGTERM. The
+int8 variant, served the same way, stays within its gate and keeps PyTorch's zero-shot predictions.
 """
 
 import io
@@ -207,6 +208,24 @@ def test_serve_runs_until_sigterm_and_leaves_no_process(cpu_repo):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_the_int8_repository_serves_within_its_gate(exported, reference, data, tmp_path):
+    repo = tmp_path / "repo-int8"
+    triton_repo(TritonRepoOptions(export=str(exported), out=str(repo), flavor="cpu", precision="int8",
+                                  max_batch_size=16))
+    with TritonServer(repo, log_file=tmp_path / "triton.log", exit_timeout=2) as server:
+        int8 = TritonEncoder(server.http_url, "http")
+        served = {"image": int8.encode_images(data.images[:16]), "text": int8.encode_texts(data.texts[:16])}
+        predicted = (int8.encode_images(data.images) @ classifier(int8, data.classnames, data.templates).T).argmax(1)
+        int8.close()
+    expected = {"image": reference.encode_images(data.images[:16]), "text": reference.encode_texts(data.texts[:16])}
+    for tower in ("image", "text"):
+        assert compare(expected[tower], served[tower])["cosine_min"] >= GATES["int8"]["cosine_min"]
+    reference_predicted = (reference.encode_images(data.images) @
+                           classifier(reference, data.classnames, data.templates).T).argmax(1)
+    agreement = (predicted == reference_predicted).float().mean().item()
+    assert agreement >= GATES["int8"]["zeroshot_agreement"]
 
 
 def test_the_gpu_flavor_is_refused_before_starting(exported, tmp_path):

@@ -115,6 +115,17 @@ def test_cpu_flavor_runs_the_encoders_as_python_models(exported, checkpoint, tmp
     assert (tokenizer_dir / "clip_bpe.py").is_file()
 
 
+def test_cpu_flavor_serves_the_int8_variant_when_asked(exported, checkpoint, tmp_path):
+    configs, summary = write(exported, tmp_path / "repo", flavor="cpu", precision="int8")
+    check_common(configs, checkpoint, 64)
+    assert summary["precision"] == "int8"
+    lineage = json.loads((tmp_path / "repo" / "lineage.json").read_text())
+    for tower, model_name in (("image_encoder", "clip_image_encoder"), ("text_encoder", "clip_text_encoder")):
+        served = tmp_path / "repo" / model_name / "1" / "model.onnx"
+        assert served.read_bytes() == (exported / f"{tower}.int8.onnx").read_bytes()
+        assert lineage["inputs"][tower]["sha256"] == file_sha256(str(served))
+
+
 def test_dynamic_batching_can_be_turned_off(exported, tmp_path):
     configs, _ = write(exported, tmp_path / "repo", flavor="cpu", dynamic_batching=False)
     assert not any("dynamic_batching" in config for config in configs.values())
@@ -123,6 +134,14 @@ def test_dynamic_batching_can_be_turned_off(exported, tmp_path):
 def test_bad_exports_and_options_are_refused(exported, tmp_path):
     with pytest.raises(RepositoryError, match="--flavor 'tpu'"):
         triton_repo(TritonRepoOptions(export=str(exported), out=str(tmp_path / "a"), flavor="tpu"))
+    with pytest.raises(RepositoryError, match="--precision int8 runs ONNX Runtime's int8 CPU kernels: use it with "
+                                              "--flavor cpu"):
+        triton_repo(TritonRepoOptions(export=str(exported), out=str(tmp_path / "a"), precision="int8"))
+    with pytest.raises(RepositoryError, match="--precision 'int4': expected one of fp32, fp16, int8"):
+        triton_repo(TritonRepoOptions(export=str(exported), out=str(tmp_path / "a"), precision="int4"))
+    with pytest.raises(RepositoryError, match="no image_encoder.fp16.onnx or text_encoder.fp16.onnx; export with "
+                                              "--fp16 to serve --precision fp16"):
+        triton_repo(TritonRepoOptions(export=str(exported), out=str(tmp_path / "a"), precision="fp16"))
     with pytest.raises(RepositoryError, match="not an export folder, missing image_encoder.onnx"):
         triton_repo(TritonRepoOptions(export=str(tmp_path), out=str(tmp_path / "b")))
     export = shutil.copytree(exported, tmp_path / "export")
