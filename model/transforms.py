@@ -18,15 +18,15 @@ class EvalTransform:
         return torch.from_numpy(eval_pixels(image, self.image_size))
 
 
-def image_transform(image_size: int, train: bool = False):
+def image_transform(image_size: int, train: bool = False, crop_scale: float = 0.9):
     """PIL image -> normalised float tensor [3, image_size, image_size].
 
     Eval: shorter side to `image_size` (bicubic), centre crop. Train: random resized crop covering
-    90-100% of the image, which CLIP used as its only augmentation.
+    `crop_scale`-100% of the image (CLIP's only augmentation, at 90%).
     """
     if not train:
         return EvalTransform(image_size)
-    return T.Compose([T.RandomResizedCrop(image_size, scale=(0.9, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+    return T.Compose([T.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
                       T.Lambda(_to_rgb), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 

@@ -36,6 +36,7 @@ class Stream:
     rank: int = 0
     world_size: int = 1
     tokenizer: object = None  # the model's (`clip.tokenizer`); None: CLIP's BPE
+    crop_scale: float = 0.9  # the smallest share of an image a training crop covers
 
 
 def _seed(*parts) -> int:
@@ -48,7 +49,7 @@ class CaptionBatches(IterableDataset):
     def __init__(self, stream: Stream, skip_batches: int = 0):
         self.stream = stream
         self.skip_batches = skip_batches  # batches this process already trained on
-        self.transform = model.image_transform(stream.image_size, train=True)
+        self.transform = model.image_transform(stream.image_size, train=True, crop_scale=stream.crop_scale)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()

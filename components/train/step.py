@@ -40,8 +40,8 @@ class TrainOptions:
     model: str = option("tiny-vit", "a built-in config name (see model.available_models()) or a JSON config file")
     out: str = option(help="run folder: checkpoints/, metrics.jsonl, lineage.json")
     steps: int = option(1000, "total optimiser steps the run trains to (also when resuming)")
-    batch_size: int = option(64, "pairs per process per micro-batch; the contrastive batch is "
-                                  "batch x processes x accum-steps")
+    batch_size: int = option(128, "pairs per process per micro-batch; the contrastive batch is "
+                                   "batch x processes x accum-steps (128: the small-data recipe, see README)")
     accum_steps: int = option(1, "micro-batches per step; features are cached so the contrastive batch grows")
     lr: float = option(5e-4, "peak learning rate")
     warmup: int = option(100, "linear warmup steps before the cosine decay")
@@ -54,6 +54,8 @@ class TrainOptions:
     precision: str = option("auto", "auto (bf16 on GPUs, fp32 on CPUs), fp32, bf16 or fp16 (with a loss scaler)")
     grad_checkpointing: bool = option(False, "recompute transformer blocks in backward to save memory")
     compile: bool = option(False, "torch.compile the model")
+    crop_scale: float = option(0.9, "augmentation: a training image is a random crop covering this share of it "
+                                    "or more (area), resized to the model's size")
     split: str = option("train", "the data split to train on")
     workers: int = option(2, "data loader processes per training process")
     shuffle_buffer: int = option(1000, "samples held for shuffling in each loader process")
@@ -289,6 +291,9 @@ def train(opts: TrainOptions) -> dict:
     """Train to `opts.steps` (or for `opts.time_budget`); returns the final metrics record."""
     started = time.time()
     budget = parse_duration(opts.time_budget) if opts.time_budget else None
+    if not 0 < opts.crop_scale <= 1:
+        raise SystemExit(f"--crop-scale must be in (0, 1], the smallest share of an image a crop keeps, not "
+                         f"{opts.crop_scale}")
     env = init_distributed()
     torch.manual_seed(opts.seed)
     clip = build_model(opts).to(env.device)
@@ -335,7 +340,7 @@ def train(opts: TrainOptions) -> dict:
 
     stream = data.Stream(shard_urls(opts.data, opts.split), opts.batch_size, clip.image_size,
                          clip.context_length, opts.seed, opts.shuffle_buffer, opts.resample, env.rank, env.world_size,
-                         tokenizer=clip.tokenizer)
+                         tokenizer=clip.tokenizer, crop_scale=opts.crop_scale)
     batches = iter(data.loader(stream, opts.workers, skip_batches=batches_done))
     metrics = TrainMetrics(opts.out, opts.metrics_port, opts.pushgateway, start) if env.main else None
     global_batch = opts.batch_size * env.world_size * opts.accum_steps

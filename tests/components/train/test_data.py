@@ -1,5 +1,5 @@
 """The training data stream: every sample once per epoch over all processes and loader workers, and
-a resumed stream that continues exactly where the interrupted one was."""
+a resumed stream that continues exactly where the interrupted one was; the crop augmentation's scale."""
 
 import itertools
 
@@ -50,3 +50,15 @@ def test_resumed_stream_continues_where_it_stopped(shards):
 def test_stream_runs_past_one_epoch(shards):
     stream = data.Stream(shards, batch_size=16, image_size=32, context_length=77, shuffle_buffer=1)
     assert len(list(itertools.islice(iter(data.loader(stream, workers=0)), 5))) == 5  # 80 samples from 48
+
+
+def test_crop_scale_sets_how_much_of_each_image_a_training_crop_keeps(shards):
+    def first_batch(crop_scale: float) -> torch.Tensor:
+        stream = data.Stream(shards, batch_size=8, image_size=32, context_length=77, seed=3, crop_scale=crop_scale)
+        return next(iter(data.loader(stream, workers=0)))[0]
+
+    assert torch.equal(first_batch(0.9), first_batch(0.9))  # the crops are seeded per sample
+    wide, tight = first_batch(0.9), first_batch(0.25)
+    assert not torch.equal(wide, tight)
+    # a crop keeping a quarter of the image is a zoom: neighbouring pixels differ less than in the wider crops
+    assert tight.diff(dim=-1).abs().mean() < wide.diff(dim=-1).abs().mean()
