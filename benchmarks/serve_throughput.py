@@ -155,7 +155,8 @@ def report(args, described: str, tower: dict[str, list], raw: dict[str, float],
     for precision, by_batching in served.items():
         print(f"\n{precision}: raw ONNX Runtime from encoded images, batch {args.batch_size}: "
               f"{raw[precision]:9.1f} images/s")
-        print(f"Triton ({precision}), clip_embed_image over gRPC, one image per request, {args.duration:g} s per point:")
+        print(f"Triton ({precision}), clip_embed_image over gRPC, one image per request, {args.duration:g} s "
+              "per point:")
         print(f"  {'concurrency':>11} | {'batching on: QPS':>16} {'p50 ms':>8} {'p99 ms':>8} | "
               f"{'batching off: QPS':>17} {'p50 ms':>8} {'p99 ms':>8}")
         for c in args.concurrency:

@@ -26,8 +26,8 @@ def image_transform(image_size: int, train: bool = False, crop_scale: float = 0.
     """
     if not train:
         return EvalTransform(image_size)
-    return T.Compose([T.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                      T.Lambda(_to_rgb), T.ToTensor(), T.Normalize(MEAN, STD)])
+    crop = T.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), interpolation=T.InterpolationMode.BICUBIC)
+    return T.Compose([crop, T.Lambda(_to_rgb), T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
 def _to_rgb(image):

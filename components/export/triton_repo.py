@@ -7,7 +7,8 @@ and `clip_embed_image` (IMAGE -> EMBEDDING). When the export's tokenizer is a Hu
 text encoder takes beside `input_ids` and the text ensemble passes along. Only the encoders differ by
 flavor: `gpu` runs them on the ONNX Runtime backend with TensorRT (or as TensorRT plans when the export
 has them), `cpu` as Python models running ONNX Runtime, for Triton builds without the ONNX Runtime
-backend. `precision` picks the export's ONNX variant the encoders run (int8: the cpu flavor's fast path). The Python models are self-contained: their code and the tokenizer files are copied into the version folders.
+backend. `precision` picks the export's ONNX variant the encoders run (int8: the cpu flavor's fast path).
+The Python models are self-contained: their code and the tokenizer files are copied into the version folders.
 """
 
 from __future__ import annotations

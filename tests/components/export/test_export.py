@@ -30,7 +30,8 @@ def exported(request, tmp_path_factory):
 def test_export_writes_the_contract(exported):
     clip, out, report = exported
     for name in ("image_encoder.onnx", "text_encoder.onnx", "image_encoder.fp16.onnx", "text_encoder.fp16.onnx",
-                 "image_encoder.int8.onnx", "text_encoder.int8.onnx", "config.json", "tokenizer/tokenizer_config.json", "lineage.json", REPORT):
+                 "image_encoder.int8.onnx", "text_encoder.int8.onnx", "config.json",
+                 "tokenizer/tokenizer_config.json", "lineage.json", REPORT):
         assert (out / name).is_file(), name
     assert json.loads((out / REPORT).read_text()) == report
     assert report["tensorrt"] == "skipped: no CUDA device"
