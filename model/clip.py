@@ -18,7 +18,7 @@ from torch import nn
 from model.config import CLIPConfig, HFTextConfig
 from model.hf_text import HFTextEncoder
 from model.resnet import ModifiedResNet
-from model.transformer import Transformer, VisionTransformer
+from model.transformer import Transformer, VisionTransformer, tracing
 
 
 class CLIPOutput(NamedTuple):
@@ -162,6 +162,8 @@ class CLIP(nn.Module):
         """The text tower up to its projection: [B, L] ids -> [B, width]. What a locked tower's cache holds."""
         if self.has_hf_text:
             return self.text.pool(ids, attention_mask)
+        if not tracing():  # causal attention: the padding after the longest text changes nothing; drop it
+            ids = ids[:, : int(ids.argmax(dim=-1).max()) + 1]  # (~2x faster training on Flickr8k's captions)
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, L, D)
         x = self.ln_final(self.transformer(x))
         return x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]  # pool at end-of-text, the largest id

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.config import BertConfig, HFTextConfig
+from model.transformer import tracing
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _ACTIVATIONS = {"gelu": nn.GELU, "gelu_new": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
@@ -102,7 +103,7 @@ class HFTextEncoder(nn.Module):
     def pool(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L] ids (padding = `pad_token_id`, unless a mask is given) -> [B, D], before the projection."""
         mask = (ids != self.config.hf_config.pad_token_id) if attention_mask is None else attention_mask.bool()
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
+        if not tracing():
             keep = int(mask.sum(1).max())  # right padding past the longest text changes nothing: drop it
             ids, mask = ids[:, :keep], mask[:, :keep]
         x = self.transformer(ids, mask)

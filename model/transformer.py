@@ -10,6 +10,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+def tracing() -> bool:
+    """True while the model is traced, compiled or exported, where shapes must not depend on values."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
 class QuickGELU(nn.Module):
     """The sigmoid approximation of GELU that OpenAI's weights were trained with."""
 

@@ -46,12 +46,24 @@ def test_initialisation_follows_openai():
 
 def test_text_is_causal_and_pools_at_the_end_token():
     clip = model.build("tiny-vit").eval()
-    ids = model.tokenize(["a red circle on grey"])
-    end = ids.argmax().item()
+    ids = model.tokenize(["a red circle on grey", "a much longer caption: a red circle on a grey background"])
+    short_end, long_end = ids.argmax(dim=-1).tolist()
     changed = ids.clone()
-    changed[0, end + 1:] = 7  # tokens after the end token cannot reach it through a causal mask
+    changed[0, short_end + 1: long_end + 1] = 7  # tokens after the end token cannot reach it through a causal mask
     with torch.no_grad():
-        assert torch.allclose(clip.encode_text(ids), clip.encode_text(changed), atol=1e-6)
+        assert torch.allclose(clip.encode_text(ids)[0], clip.encode_text(changed)[0], atol=1e-6)
+
+
+def test_text_features_do_not_depend_on_padding_or_batch():
+    # the tower drops the padding past the batch's longest text; a text alone, in a batch with a longer one,
+    # or with a shorter context (less padding) must give the same features
+    clip = model.build("tiny-vit").eval()
+    texts = ["a dog", "two people riding bicycles along a river at sunset, with mountains in the distance"]
+    with torch.no_grad():
+        alone = torch.cat([clip.encode_text(model.tokenize([t])) for t in texts])
+        batch = clip.encode_text(model.tokenize(texts))
+        less_padding = clip.encode_text(model.tokenize(texts, context_length=32))
+    assert torch.allclose(alone, batch, atol=1e-5) and torch.allclose(batch, less_padding, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])

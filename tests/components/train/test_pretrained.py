@@ -115,6 +115,16 @@ def test_cached_text_features_give_the_same_loss_gradients_and_weights(shards, m
     assert max((ends[0][k] - ends[1][k]).abs().max().item() for k in ends[0]) < 1e-5
 
 
+def test_cache_fills_by_length_groups_with_the_towers_own_features(minilm, tmp_path):
+    clip = build_model(options("unused", tmp_path, text_tower=f"hf:{minilm}", lock_text=True)).eval()
+    texts = [" ".join(["a dog runs"] * (i % 9 + 1)) + f" number {i}" for i in range(70)]  # 3 groups of 32 or less
+    ids = clip.tokenizer(texts)
+    cache = TextFeatureCache(clip, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.allclose(cache(ids), clip.pool_text(ids), atol=1e-5)
+    assert (cache.misses, cache.hits) == (70, 0)
+
+
 def test_lock_and_unlock_last_freeze_exactly_the_right_parameters(shards, minilm, tmp_path):
     clip = build_model(options(shards, tmp_path, text_tower=f"hf:{minilm}", lock_text=True, lock_image=True,
                                unlock_last=1))
