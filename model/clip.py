@@ -163,7 +163,7 @@ class CLIP(nn.Module):
         if self.has_hf_text:
             return self.text.pool(ids, attention_mask)
         if not tracing():  # causal attention: the padding after the longest text changes nothing; drop it
-            ids = ids[:, : int(ids.argmax(dim=-1).max()) + 1]  # (~2x faster training on Flickr8k's captions)
+            ids = ids[:, : int(ids.argmax(dim=-1).max()) + 1]  # (~1.7x faster training on Flickr8k's captions)
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, L, D)
         x = self.ln_final(self.transformer(x))
         return x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]  # pool at end-of-text, the largest id

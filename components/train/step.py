@@ -54,8 +54,8 @@ class TrainOptions:
     precision: str = option("auto", "auto (bf16 on GPUs, fp32 on CPUs), fp32, bf16 or fp16 (with a loss scaler)")
     grad_checkpointing: bool = option(False, "recompute transformer blocks in backward to save memory")
     compile: bool = option(False, "torch.compile the model")
-    crop_scale: float = option(0.9, "augmentation: a training image is a random crop covering this share of it "
-                                    "or more (area), resized to the model's size")
+    crop_scale: float = option(0.5, "augmentation: a training image is a random crop covering this share of it "
+                                    "or more (area), resized to the model's size (CLIP's own: 0.9)")
     split: str = option("train", "the data split to train on")
     workers: int = option(2, "data loader processes per training process")
     shuffle_buffer: int = option(1000, "samples held for shuffling in each loader process")
