@@ -163,10 +163,16 @@ class CLIP(nn.Module):
         if self.has_hf_text:
             return self.text.pool(ids, attention_mask)
         if not tracing():  # causal attention: the padding after the longest text changes nothing; drop it
-            ids = ids[:, : int(ids.argmax(dim=-1).max()) + 1]  # (~1.7x faster training on Flickr8k's captions)
+            ids = ids[:, : int(self.text_lengths(ids).max())]  # (~1.7x faster training on Flickr8k's captions)
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]  # (B, L, D)
         x = self.ln_final(self.transformer(x))
         return x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)]  # pool at end-of-text, the largest id
+
+    def text_lengths(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] ids -> [B] tokens per text up to its end (right padding excluded)."""
+        if self.has_hf_text:
+            return ids.ne(self.config.text.hf_config.pad_token_id).sum(dim=1)
+        return ids.argmax(dim=-1) + 1  # the end-of-text token has the largest id
 
     def project_text(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.text.proj(pooled) if self.has_hf_text else pooled @ self.text_projection
