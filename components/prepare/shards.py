@@ -19,22 +19,36 @@ MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 
 
-def tar_bytes(files: list[tuple[str, bytes]]) -> bytes:
-    """A ustar archive of `files` in the given order with fixed metadata, so the same input gives the same
-    bytes. Headers are written directly: tarfile spends more time on them than on the data."""
+# The fixed parts of a member header around its name, size and checksum: mode, uid, gid; after the size its
+# terminator and mtime 0; type 0 (a file); the ustar magic. The rest is zero; the checksum sums the header's
+# bytes with its own field as 8 spaces.
+_IDS = b"0000644\x000000000\x000000000\x00"
+_MTIME = b"\x0000000000000\x00"
+_MAGIC = b"ustar\x0000"
+_FIXED_SUM = sum(_IDS) + sum(_MTIME) + 8 * ord(" ") + ord("0") + sum(_MAGIC)
+
+
+def tar_members(files: list[tuple[str, bytes]]) -> bytes:
+    """`files` as ustar members in the given order with fixed metadata, so the same input gives the same
+    bytes. Headers are written directly (tarfile spends more time on them than on the data), their checksum
+    summed over the name and size only. Members of several calls concatenate; `tar_archive` closes them."""
     blocks = []
     for name, data in files:
         encoded = name.encode()
         if len(encoded) > 100 or not encoded.isascii():
             raise ValueError(f"tar member name {name!r} is not a short ASCII name")
-        header = bytearray(512)
-        header[:len(encoded)] = encoded
-        header[100:157] = b"0000644\x000000000\x000000000\x00%011o\x00%011o\x00        0" % (len(data), 0)
-        header[257:265] = b"ustar\x0000"
-        header[148:156] = b"%06o\x00 " % sum(header)
+        size = b"%011o" % len(data)
+        checksum = _FIXED_SUM + sum(encoded) + sum(size)
+        header = b"".join([encoded.ljust(100, b"\0"), _IDS, size, _MTIME, b"%06o\x00 0" % checksum, bytes(100),
+                           _MAGIC, bytes(247)])
         blocks += [header, data, bytes(-len(data) % 512)]
-    archive = b"".join(blocks) + bytes(1024)  # two zero blocks end the archive
-    return archive + bytes(-len(archive) % tarfile.RECORDSIZE)
+    return b"".join(blocks)
+
+
+def tar_archive(members: list[bytes]) -> bytes:
+    """One archive of `tar_members` outputs: two zero blocks end it, padded to a whole tar record."""
+    size = sum(map(len, members)) + 1024
+    return b"".join([*members, bytes(1024 + -size % tarfile.RECORDSIZE)])
 
 
 def sha256(data: bytes) -> str:

@@ -15,7 +15,7 @@ import tarfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import PurePosixPath
 
 import fsspec
@@ -24,8 +24,7 @@ from components.prepare import synthetic
 from components.prepare.images import Rejected, read_file
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):  # a tuple: there are millions, made and passed around fast
     row: int  # the record's index in its source, 0-based, header excluded
     source: str  # the file it came from
     image: str  # the image's name: a path under the images root, or a tar member
@@ -33,8 +32,7 @@ class Row:
     label: int | None = None
 
 
-@dataclass(frozen=True)
-class Reject:
+class Reject(NamedTuple):
     row: int
     source: str
     reason: str
@@ -81,17 +79,19 @@ def caption_rows(path: str, image_column: str, caption_column: str) -> Iterator[
         yield from _jsonl_rows(data, source, image_column, caption_column)
         return
     text = data.decode("utf-8", errors="surrogateescape")  # bad bytes survive to be rejected row by row
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.endswith(".tsv") else ",")
-    missing = {image_column, caption_column} - set(reader.fieldnames or [])
+    records = (r for r in csv.reader(io.StringIO(text, newline=""), delimiter="\t" if path.endswith(".tsv") else ",")
+               if r)  # blank lines are no records
+    header = next(records, [])
+    missing = {image_column, caption_column} - set(header)
     if missing:
-        raise SystemExit(f"{path}: no column {sorted(missing)} in the header {reader.fieldnames}; "
+        raise SystemExit(f"{path}: no column {sorted(missing)} in the header {header}; "
                          "name them with --image-column / --caption-column")
-    for index, record in enumerate(reader):
-        image, caption = record.get(image_column), record.get(caption_column)
-        if image is None or caption is None or None in record:
-            yield Reject(index, source, "malformed_row", f"expected {len(reader.fieldnames)} fields")
+    image_at, caption_at = header.index(image_column), header.index(caption_column)
+    for index, record in enumerate(records):
+        if len(record) != len(header):
+            yield Reject(index, source, "malformed_row", f"expected {len(header)} fields, found {len(record)}")
         else:
-            yield _check_image_name(Row(index, source, image, caption=caption))
+            yield _check_image_name(Row(index, source, record[image_at], caption=record[caption_at]))
 
 
 def _jsonl_rows(data: bytes, source: str, image_key: str, caption_key: str) -> Iterator[Row | Reject]:

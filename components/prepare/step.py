@@ -4,20 +4,25 @@
 2. Keep this partition's images; clean captions; group rows by image content; reject repeats; split.
 3. Plan shards: each split's samples sorted by key, cut every `shard_size`. The plan depends only on
    the input, so a rerun skips shards already committed and the output is the same as one clean run.
-4. Decode, validate, resize and re-encode in workers; write each shard, its reject ledger, then
-   commit it in the manifest.
+4. Decode, validate, resize and re-encode in workers, which also lay the samples out as tar members; join
+   each shard's members, write the shard and its reject ledger, then commit it in the manifest.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +33,7 @@ from components.lineage import file_sha256, write_lineage
 from components.options import option
 from components.prepare import sources
 from components.prepare.images import Encoded, ImageLimits, Rejected, process
-from components.prepare.shards import MANIFEST, REJECTS, Output, sha256, tar_bytes
+from components.prepare.shards import MANIFEST, REJECTS, Output, sha256, tar_archive, tar_members
 from components.prepare.sources import Reject, Row
 
 
@@ -58,6 +63,14 @@ class Sample:
     rows: list[Row] = field(default_factory=list)
     split: str = ""
 
+    def entry(self) -> Entry:
+        """What a worker needs to write this sample, in builtin types: they cross to the worker fastest."""
+        return self.key, self.names, self.rows[0].label if self.rows[0].caption is None else \
+            [r.caption for r in self.rows]
+
+
+Entry = tuple[str, list[str], list[str] | int]  # key, image names, captions or label
+
 
 # --------------------------------------------------------------------------- worker side
 
@@ -65,9 +78,19 @@ _worker_store: Any = None
 _worker_limits: ImageLimits | None = None
 
 
-def _init_worker(store: Any, limits: ImageLimits) -> None:
+def _init_worker(store: Any, limits: ImageLimits, parent: int | None = None) -> None:
     global _worker_store, _worker_limits
     _worker_store, _worker_limits = store, limits
+    if parent is not None:
+        _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """Have Linux kill this worker when the run that forked it dies, even by SIGKILL: an orphaned worker
+    would wait for work forever, holding its memory."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the run died before the request took effect
+        os._exit(1)
 
 
 def _fingerprint(name: str) -> str | Rejected:
@@ -77,35 +100,68 @@ def _fingerprint(name: str) -> str | Rejected:
         return e
 
 
-def _encode(name: str) -> Encoded | Rejected:
-    try:
-        return process(_worker_store.read(name), _worker_limits)
-    except Rejected as e:
-        return e
+def _encode_run(task: tuple[list[Entry], list[str] | None]) -> tuple[bytes, list[Rejected | None]]:
+    """A run of one shard's samples as tar members, and per sample its rejection or None. Building the
+    members here rather than in the main process keeps the main process from becoming the bottleneck."""
+    entries, classes = task
+    files, outcomes = [], []
+    for entry in entries:
+        _, names, _ = entry
+        try:
+            files += sample_files(entry, process(_worker_store.read(names[0]), _worker_limits), classes)
+            outcomes.append(None)
+        except Rejected as e:
+            outcomes.append(e)
+    return tar_members(files), outcomes
+
+
+def _apply(fn: Callable, items: list) -> list:
+    return [fn(item) for item in items]
 
 
 class Workers:
-    """An ordered map over worker processes, or in this process when there is one worker."""
+    """An ordered map over worker processes, or in this process when there is one worker.
+
+    concurrent.futures rather than multiprocessing.Pool: a worker that dies (out of memory, killed) fails the
+    run with BrokenProcessPool instead of hanging it, and its result thread does not spin while results
+    wait in the pipe (Pool's worker handler polls that pipe too, costing ~10% of a core here)."""
 
     def __init__(self, count: int, store: Any, limits: ImageLimits):
         self.count = count or os.cpu_count() or 1
         self.pool = None
         if self.count > 1:
             # fork starts workers at once, with the modules already imported; spawn where fork is unsafe
-            context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-            self.pool = context.Pool(self.count, initializer=_init_worker, initargs=(store, limits))
+            linux = sys.platform == "linux"
+            self.pool = ProcessPoolExecutor(self.count, multiprocessing.get_context("fork" if linux else "spawn"),
+                                            initializer=_init_worker,
+                                            initargs=(store, limits, os.getpid() if linux else None))
         else:
             _init_worker(store, limits)
 
-    def map(self, fn: Callable, items: list) -> Iterator:
+    def batch(self, items: int, most: int) -> int:
+        """Items per task: enough to amortise the cost of a task (~1 ms), few enough to keep every worker
+        busy to the end. `most` bounds the work of one task."""
+        return max(1, min(most, items // (self.count * 8)))
+
+    def map(self, fn: Callable, items: list, batch: int) -> Iterator:
+        """`fn` over `items` in order. The first tasks start at once, so the caller can work meanwhile; at
+        most four tasks per worker are in flight, so memory stays bounded."""
         if self.pool is None:
             return map(fn, items)
-        return self.pool.imap(fn, items, chunksize=max(1, min(16, len(items) // (self.count * 8) or 1)))
+        tasks = (items[start:start + batch] for start in range(0, len(items), batch))
+        pending = deque(self.pool.submit(_apply, fn, task) for task in itertools.islice(tasks, 4 * self.count))
+        return self._drain(fn, tasks, pending)
+
+    def _drain(self, fn: Callable, tasks: Iterator[list], pending: deque[Future]) -> Iterator:
+        while pending:
+            yield from pending.popleft().result()
+            task = next(tasks, None)
+            if task is not None:
+                pending.append(self.pool.submit(_apply, fn, task))
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- planning
@@ -130,35 +186,40 @@ def _reject(row: Row | Reject, reason: str, detail: str) -> dict:
     return {"row": row.row, "source": row.source, "reason": reason, "detail": detail}
 
 
+def clean(row: Row | Reject, max_caption_chars: int) -> Row | Reject:
+    """The row with its caption cleaned, or a Reject that says why the caption cannot be used."""
+    if isinstance(row, Reject) or row.caption is None:
+        return row
+    try:
+        caption = sources.clean_caption(row.caption, max_caption_chars)
+    except Rejected as e:
+        return Reject(row.row, row.source, e.reason, e.detail)
+    return row if caption == row.caption else row._replace(caption=caption)
+
+
 def plan_samples(rows: list[Row | Reject], identities: dict[str, str | Rejected], opts: PrepareOptions,
-                 choose_split: Callable[[Sample], str | None], kind: str) -> tuple[list[Sample], list[dict], int]:
+                 choose_split: Callable[[Sample], str | None]) -> tuple[list[Sample], list[dict], int]:
     """This partition's samples, its row-level rejects and its number of input rows."""
     index, count = parse_partition(opts.partition)
     samples: dict[str, Sample] = {}
     rejects: list[dict] = []
     rows_in = 0
     for row in rows:
-        if isinstance(row, Reject):
-            identity = hashlib.sha256(f"{row.source}#{row.row}".encode()).hexdigest()
-        else:
-            found = identities[row.image]
-            identity = found if isinstance(found, str) else hashlib.sha256(row.image.encode()).hexdigest()
-        if _partition_of(identity, count) != index:
+        found = row if isinstance(row, Reject) else identities[row.image]
+        if isinstance(found, str):
+            identity = found
+        else:  # a row that never reaches a sample still belongs to exactly one partition
+            key = f"{row.source}#{row.row}" if found is row else row.image
+            identity = hashlib.sha256(key.encode()).hexdigest()
+        if count > 1 and _partition_of(identity, count) != index:
             continue
         rows_in += 1
-        if isinstance(row, Reject):
-            rejects.append(_reject(row, row.reason, row.detail))
+        if not isinstance(found, str):
+            rejects.append(_reject(row, found.reason, found.detail))
             continue
-        if isinstance(identities[row.image], Rejected):
-            rejects.append(_reject(row, identities[row.image].reason, identities[row.image].detail))
-            continue
-        if kind == "captions":
-            try:
-                row = Row(row.row, row.source, row.image, caption=sources.clean_caption(row.caption, opts.max_caption_chars))
-            except Rejected as e:
-                rejects.append(_reject(row, e.reason, e.detail))
-                continue
-        sample = samples.setdefault(identity, Sample(identity[:16], identity, []))
+        sample = samples.get(identity)
+        if sample is None:
+            sample = samples[identity] = Sample(identity[:16], identity, [])
         if row.image not in sample.names:
             sample.names.append(row.image)
         duplicate = _duplicate_of(sample, row)
@@ -207,21 +268,20 @@ def shard_plan_id(shard: list[Sample], opts: PrepareOptions) -> str:
 
 # --------------------------------------------------------------------------- writing
 
-def sample_files(sample: Sample, encoded: Encoded, kind: str, classes: list[str] | None) -> list[tuple[str, bytes]]:
-    meta: dict[str, Any] = {"id": sample.key, "source": sample.names[0], "width": encoded.width,
-                            "height": encoded.height}
+def sample_files(entry: Entry, encoded: Encoded, classes: list[str] | None) -> list[tuple[str, bytes]]:
+    key, names, captions_or_label = entry
+    meta: dict[str, Any] = {"id": key, "source": names[0], "width": encoded.width, "height": encoded.height}
     files = []
-    if kind == "captions":
-        meta["captions"] = [r.caption for r in sample.rows]
-        files.append((f"{sample.key}.txt", meta["captions"][0].encode()))
+    if isinstance(captions_or_label, list):
+        meta["captions"] = captions_or_label
+        files.append((f"{key}.txt", captions_or_label[0].encode()))
     else:
-        label = sample.rows[0].label
-        meta.update(label=label, class_name=classes[label])
-        files.append((f"{sample.key}.cls", str(label).encode()))
-    if len(sample.names) > 1:
-        meta["names"] = sample.names
-    files.append((f"{sample.key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()))
-    image = (f"{sample.key}.{_suffix(encoded)}", encoded.data)
+        meta.update(label=captions_or_label, class_name=classes[captions_or_label])
+        files.append((f"{key}.cls", str(captions_or_label).encode()))
+    if len(names) > 1:
+        meta["names"] = names
+    files.append((f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()))
+    image = (f"{key}.{_suffix(encoded)}", encoded.data)
     return [image, *sorted(files)]
 
 
@@ -240,11 +300,16 @@ def run(rows: Iterable[Row | Reject], store: Any, opts: PrepareOptions, *, kind:
     workers = Workers(opts.workers, store, opts.limits())
     try:
         names = list(dict.fromkeys(r.image for r in rows if isinstance(r, Row)))
-        identities = dict(zip(names, tqdm(workers.map(_fingerprint, names), total=len(names), unit="img",
-                                          desc="fingerprinting", mininterval=1, disable=None)))
-        samples, rejects, rows_in = plan_samples(rows, identities, opts, choose_split, kind)
+        fingerprints = workers.map(_fingerprint, names, workers.batch(len(names), most=1024))
+        rows = [clean(row, opts.max_caption_chars) for row in rows]  # while the workers fingerprint
+        identities = dict(zip(names, tqdm(fingerprints, total=len(names), unit="img", desc="fingerprinting",
+                                          mininterval=1, disable=None)))
+        samples, rejects, rows_in = plan_samples(rows, identities, opts, choose_split)
         shards = plan_shards(samples, splits, opts.shard_size)
         manifest = _write_shards(out, shards, workers, opts, kind, classes)
+    except BrokenProcessPool as e:
+        raise SystemExit("a prepare worker process died: it was killed, perhaps for lack of memory (try fewer "
+                         "--workers). Rerun the same command to go on: committed shards are kept.") from e
     finally:
         workers.close()
 
@@ -287,24 +352,29 @@ def _write_shards(out: Output, shards: dict[str, list[list[Sample]]], workers: W
             else:
                 pending.append((split, name, plan, shard))
 
-    todo = [sample for *_, shard in pending for sample in shard]
-    results = iter(tqdm(workers.map(_encode, [s.names[0] for s in todo]), total=len(todo), unit="img",
-                        desc="writing shards", mininterval=1, disable=None))
+    size = workers.batch(sum(len(shard) for *_, shard in pending), most=32)  # ~30 ms of image work
+    runs = [shard[i:i + size] for *_, shard in pending for i in range(0, len(shard), size)]
+    results = workers.map(_encode_run, [([s.entry() for s in part], classes) for part in runs], batch=1)
+    progress = tqdm(total=sum(map(len, runs)), unit="img", desc="writing shards", mininterval=1, disable=None)
     for split, name, plan, shard in pending:
-        files, ledger, rows = [], [], 0
-        for sample in shard:
-            result = next(results)
-            if isinstance(result, Rejected):
-                ledger += [_reject(r, result.reason, f"{sample.names[0]}: {result.detail}") for r in sample.rows]
-            else:
-                files += sample_files(sample, result, kind, classes)
-                rows += len(sample.rows)
-        data = tar_bytes(files)
+        members, ledger, rows, samples = [], [], 0, 0
+        for start in range(0, len(shard), size):
+            data, outcomes = next(results)
+            members.append(data)
+            for sample, rejected in zip(shard[start:start + size], outcomes):
+                if rejected is None:
+                    rows, samples = rows + len(sample.rows), samples + 1
+                else:
+                    detail = f"{sample.names[0]}: {rejected.detail}"
+                    ledger += [_reject(r, rejected.reason, detail) for r in sample.rows]
+            progress.update(len(outcomes))
+        data = tar_archive(members)
         out.write(name, data)
         out.write_jsonl(_ledger_name(name), ledger)
-        _add_entry(manifest, split, {"name": name, "samples": sum(1 for f in files if f[0].endswith(".json")),
-                                     "rows": rows, "sha256": sha256(data), "plan": plan})
+        _add_entry(manifest, split, {"name": name, "samples": samples, "rows": rows, "sha256": sha256(data),
+                                     "plan": plan})
         out.write_json(MANIFEST, manifest)  # the commit
+    progress.close()
     return manifest
 
 

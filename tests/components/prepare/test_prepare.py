@@ -1,11 +1,13 @@
 """The prepare step end to end: real data, resume after a kill, determinism, partitions and merge."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +74,19 @@ def run_synthetic(out: Path, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes (not zombies) whose command line contains `text`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            alive = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            if alive and text in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(pid))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
 def test_killed_run_resumes_to_the_same_shards(tmp_path):
     whole = tmp_path / "whole"
     assert run_synthetic(whole).wait() == 0
@@ -86,6 +101,10 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    deadline = time.time() + 10
+    while processes_mentioning(str(killed)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not processes_mentioning(str(killed)), "the run's worker processes outlived it"
     partial = json.loads((killed / "manifest.json").read_text())
     assert not partial["complete"] and partial["splits"]["train"]["shards"]
     committed = {e["name"]: (killed / e["name"]).stat().st_mtime_ns for e in partial["splits"]["train"]["shards"]}
@@ -95,6 +114,35 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
     assert shard_files(killed) == shard_files(whole)
     for name in ("manifest.json", "rejects.jsonl"):
         assert (killed / name).read_bytes() == (whole / name).read_bytes()
+
+
+def test_a_killed_worker_stops_the_run_with_a_clear_error_and_a_rerun_completes(tmp_path):
+    opts = step.SyntheticOptions(out=str(tmp_path / "out"), samples=600, shard_size=50, image_size=48,
+                                 image_format="jpg", eval_samples_per_class=4, workers=2)
+    outcome = {}
+
+    def prepare():
+        try:
+            step.prepare_synthetic(opts)
+        except SystemExit as e:
+            outcome["error"] = str(e)
+
+    runner = threading.Thread(target=prepare)
+    runner.start()
+    manifest = tmp_path / "out" / "manifest.json"
+    deadline = time.time() + 120
+    while not (manifest.exists() and json.loads(manifest.read_text())["splits"]["train"]["shards"]):
+        assert time.time() < deadline and runner.is_alive(), "no shard was committed"
+        time.sleep(0.02)
+    os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+    runner.join(60)
+    assert "worker process died" in outcome["error"] and "Rerun the same command" in outcome["error"]
+    committed = json.loads(manifest.read_text())["splits"]["train"]["shards"]
+
+    step.prepare_synthetic(opts)
+    assert_accounting(tmp_path / "out")["rows_written"] == 2400
+    assert {e["name"]: e["sha256"] for e in committed}.items() <= \
+        {e["name"]: e["sha256"] for e in json.loads(manifest.read_text())["splits"]["train"]["shards"]}.items()
 
 
 def test_synthetic_is_deterministic_and_holds_out_compositions(tmp_path):
