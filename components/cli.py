@@ -29,12 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 1
-    return args.func(args) or 0
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not hasattr(args, "func"):
+            parser.print_help()
+            return 1
+        return args.func(args) or 0
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; each step keeps what it had committed
+        print("kubeclip: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

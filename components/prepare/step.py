@@ -82,6 +82,7 @@ def _init_worker(store: Any, limits: ImageLimits, parent: int | None = None) -> 
     global _worker_store, _worker_limits
     _worker_store, _worker_limits = store, limits
     if parent is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the run stops the workers
         _die_with(parent)
 
 

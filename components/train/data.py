@@ -2,7 +2,7 @@
 
 Every (process, worker) pair is a "slot" that streams its own share of the shards, epoch after
 epoch, and builds whole batches; the DataLoader takes batches from workers in turn. All randomness
-(shard order, shuffle buffer, crop, caption choice) is seeded by (seed, epoch, slot or sample key),
+(shard order, shuffle buffer, crop, mirroring, caption choice) is seeded by (seed, epoch, slot or sample key),
 so the stream is a pure function of the position: resuming skips the batches already trained on
 without decoding them, and gives the same batches an uninterrupted run would have.
 """
@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ class Stream:
     world_size: int = 1
     tokenizer: object = None  # the model's (`clip.tokenizer`); None: CLIP's BPE
     crop_scale: float = 0.9  # the smallest share of an image a training crop covers
+    hflip: bool = False  # mirror half the images, swapping "left" and "right" in their captions
 
 
 def _seed(*parts) -> int:
@@ -110,12 +112,29 @@ class CaptionBatches(IterableDataset):
             # queues a seed for every accelerator, formatting a stack trace each time (~40% of the loader).
             torch.default_generator.manual_seed(rng.getrandbits(63))
             with Image.open(io.BytesIO(image_bytes(files))) as image:
-                images.append(self.transform(image))
+                pixels = self.transform(image)
             meta = json.loads(files["json"]) if "json" in files else {}
             options = meta.get("captions") or [files["txt"].decode()]
-            captions.append(options[rng.randrange(len(options))])
+            caption = options[rng.randrange(len(options))]
+            if self.stream.hflip and rng.random() < 0.5:
+                pixels, caption = pixels.flip(-1), mirror_caption(caption)
+            images.append(pixels)
+            captions.append(caption)
         ids = (self.stream.tokenizer or default_tokenizer())(captions, self.stream.context_length)
         return torch.stack(images), ids
+
+
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_OTHER_SIDE = {"left": "right", "right": "left"}
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the mirrored image: "left" and "right" trade places, keeping their case."""
+    def swap(match: re.Match) -> str:
+        word = match.group()
+        other = _OTHER_SIDE[word.lower()]
+        return other.upper() if word.isupper() else other.capitalize() if word[0].isupper() else other
+    return _SIDE.sub(swap, caption)
 
 
 def loader(stream: Stream, workers: int, skip_batches: int = 0) -> DataLoader:

@@ -56,6 +56,8 @@ class TrainOptions:
     compile: bool = option(False, "torch.compile the model")
     crop_scale: float = option(0.5, "augmentation: a training image is a random crop covering this share of it "
                                     "or more (area), resized to the model's size (CLIP's own: 0.9)")
+    hflip: bool = option(False, "augmentation: mirror half the training images, swapping 'left' and 'right' in "
+                                "their captions so each pair stays true (off in the recipe: measured no gain, README)")
     split: str = option("train", "the data split to train on")
     workers: int = option(2, "data loader processes per training process")
     shuffle_buffer: int = option(1000, "samples held for shuffling in each loader process")
@@ -340,7 +342,7 @@ def train(opts: TrainOptions) -> dict:
 
     stream = data.Stream(shard_urls(opts.data, opts.split), opts.batch_size, clip.image_size,
                          clip.context_length, opts.seed, opts.shuffle_buffer, opts.resample, env.rank, env.world_size,
-                         tokenizer=clip.tokenizer, crop_scale=opts.crop_scale)
+                         tokenizer=clip.tokenizer, crop_scale=opts.crop_scale, hflip=opts.hflip)
     batches = iter(data.loader(stream, opts.workers, skip_batches=batches_done))
     metrics = TrainMetrics(opts.out, opts.metrics_port, opts.pushgateway, start) if env.main else None
     global_batch = opts.batch_size * env.world_size * opts.accum_steps

@@ -71,7 +71,7 @@ def run_synthetic(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "components.cli", "prepare", "synthetic", "--out", str(out),
                              "--samples", "600", "--shard-size", "50", "--image-size", "48", "--image-format", "jpg",
                              "--eval-samples-per-class", "4", "--workers", "2", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -87,7 +87,8 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_killed_run_resumes_to_the_same_shards(tmp_path):
+@pytest.mark.parametrize("interrupt", ["SIGKILL", "Ctrl-C"])
+def test_killed_run_resumes_to_the_same_shards(tmp_path, interrupt):
     whole = tmp_path / "whole"
     assert run_synthetic(whole).wait() == 0
 
@@ -99,8 +100,14 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path):
         if manifest.exists() and len(json.loads(manifest.read_text())["splits"]["train"]["shards"]) >= 2:
             break
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    if interrupt == "SIGKILL":
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    else:  # a terminal sends SIGINT to the whole process group, workers included
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130
+        assert stderr.decode().splitlines()[-1] == "kubeclip: interrupted" and b"Traceback" not in stderr
     deadline = time.time() + 10
     while processes_mentioning(str(killed)) and time.time() < deadline:
         time.sleep(0.05)

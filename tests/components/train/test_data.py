@@ -1,5 +1,6 @@
 """The training data stream: every sample once per epoch over all processes and loader workers, and
-a resumed stream that continues exactly where the interrupted one was; the crop augmentation's scale."""
+a resumed stream that continues exactly where the interrupted one was; the crop augmentation's scale;
+mirroring that keeps each caption true of its image."""
 
 import itertools
 
@@ -9,6 +10,7 @@ import torch
 from components.prepare import step as prepare
 from components.datasets import shard_urls
 from components.train import data
+from model.tokenizer import default_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +64,30 @@ def test_crop_scale_sets_how_much_of_each_image_a_training_crop_keeps(shards):
     assert not torch.equal(wide, tight)
     # a crop keeping a quarter of the image is a zoom: neighbouring pixels differ less than in the wider crops
     assert tight.diff(dim=-1).abs().mean() < wide.diff(dim=-1).abs().mean()
+
+
+def test_mirror_caption_swaps_the_sides_and_nothing_else():
+    assert data.mirror_caption("A dog on the Left, a cat to the right of it.") == \
+        "A dog on the Right, a cat to the left of it."
+    assert data.mirror_caption("LEFT turn, then rightwards past the bright leftovers") == \
+        "RIGHT turn, then rightwards past the bright leftovers"
+
+
+def test_mirrored_samples_get_the_mirrored_caption(shards):
+    def first_batch(hflip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        stream = data.Stream(shards, batch_size=48, image_size=32, context_length=77, seed=3, hflip=hflip)
+        return next(iter(data.loader(stream, workers=0)))
+
+    (plain, plain_ids), (mixed, mixed_ids) = first_batch(False), first_batch(True)
+    tokenizer = default_tokenizer()
+    mirrored, sides_swapped = 0, 0
+    for image, ids, mixed_image, mixed_caption in zip(plain, plain_ids, mixed, mixed_ids):
+        caption = tokenizer.decode([i for i in ids.tolist() if i])
+        if torch.equal(mixed_image, image):
+            assert torch.equal(mixed_caption, ids)  # same crop, same caption
+            continue
+        mirrored += 1
+        assert torch.equal(mixed_image, image.flip(-1))
+        assert tokenizer.decode([i for i in mixed_caption.tolist() if i]) == data.mirror_caption(caption)
+        sides_swapped += data.mirror_caption(caption) != caption
+    assert 12 <= mirrored <= 36 and sides_swapped  # about half; the synthetic captions name sides
