@@ -16,8 +16,11 @@ import itertools
 import json
 import multiprocessing
 import os
+import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -116,8 +119,20 @@ def _encode_run(task: tuple[list[Entry], list[str] | None]) -> tuple[bytes, list
     return tar_members(files), outcomes
 
 
-def _apply(fn: Callable, items: list) -> list:
-    return [fn(item) for item in items]
+def _apply(fn: Callable, items: list, spill: str) -> str:
+    """`fn` over `items`, the results pickled to a file in `spill`; returns its path. A result sent through
+    the pool's pipe would have to be small: a worker killed while sending a bigger one (tar members are
+    hundreds of KB) leaves the pool waiting for the rest forever instead of failing with BrokenProcessPool."""
+    with tempfile.NamedTemporaryFile(dir=spill, delete=False) as file:
+        pickle.dump([fn(item) for item in items], file, protocol=pickle.HIGHEST_PROTOCOL)
+    return file.name
+
+
+def _take(path: str) -> list:
+    with open(path, "rb") as file:
+        results = pickle.load(file)
+    os.unlink(path)
+    return results
 
 
 class Workers:
@@ -129,8 +144,9 @@ class Workers:
 
     def __init__(self, count: int, store: Any, limits: ImageLimits):
         self.count = count or os.cpu_count() or 1
-        self.pool = None
+        self.pool, self.spill = None, ""
         if self.count > 1:
+            self.spill = tempfile.mkdtemp(prefix="kubeclip-prepare-")
             # fork starts workers at once, with the modules already imported; spawn where fork is unsafe
             linux = sys.platform == "linux"
             self.pool = ProcessPoolExecutor(self.count, multiprocessing.get_context("fork" if linux else "spawn"),
@@ -150,19 +166,21 @@ class Workers:
         if self.pool is None:
             return map(fn, items)
         tasks = (items[start:start + batch] for start in range(0, len(items), batch))
-        pending = deque(self.pool.submit(_apply, fn, task) for task in itertools.islice(tasks, 4 * self.count))
+        pending = deque(self.pool.submit(_apply, fn, task, self.spill)
+                        for task in itertools.islice(tasks, 4 * self.count))
         return self._drain(fn, tasks, pending)
 
     def _drain(self, fn: Callable, tasks: Iterator[list], pending: deque[Future]) -> Iterator:
         while pending:
-            yield from pending.popleft().result()
+            yield from _take(pending.popleft().result())
             task = next(tasks, None)
             if task is not None:
-                pending.append(self.pool.submit(_apply, fn, task))
+                pending.append(self.pool.submit(_apply, fn, task, self.spill))
 
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
+            shutil.rmtree(self.spill, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- planning

@@ -134,7 +134,7 @@ def test_a_killed_worker_stops_the_run_with_a_clear_error_and_a_rerun_completes(
         except SystemExit as e:
             outcome["error"] = str(e)
 
-    runner = threading.Thread(target=prepare)
+    runner = threading.Thread(target=prepare, daemon=True)  # a hung run fails this test, not the whole suite
     runner.start()
     manifest = tmp_path / "out" / "manifest.json"
     deadline = time.time() + 120
@@ -150,6 +150,31 @@ def test_a_killed_worker_stops_the_run_with_a_clear_error_and_a_rerun_completes(
     assert_accounting(tmp_path / "out")["rows_written"] == 2400
     assert {e["name"]: e["sha256"] for e in committed}.items() <= \
         {e["name"]: e["sha256"] for e in json.loads(manifest.read_text())["splits"]["train"]["shards"]}.items()
+
+
+def megabyte(item: int) -> bytes:
+    return bytes(1 << 20)
+
+
+def test_a_worker_killed_while_sending_a_big_result_fails_the_map_instead_of_hanging_it():
+    for trial in range(10):  # each kill lands at another point of the results' traffic
+        workers = step.Workers(2, None, None)
+        outcome = {}
+
+        def drain():
+            try:
+                for number, _ in enumerate(workers.map(megabyte, list(range(400)), batch=1)):
+                    if number == 3 + trial:
+                        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+            except Exception as e:  # noqa: BLE001 - the test asserts which
+                outcome["error"] = e
+            workers.close()
+
+        drainer = threading.Thread(target=drain, daemon=True)
+        drainer.start()
+        drainer.join(30)
+        assert isinstance(outcome.get("error"), step.BrokenProcessPool), f"trial {trial}: {outcome or 'hung'}"
+        assert not os.path.exists(workers.spill), "the spilled results outlived the map"
 
 
 def test_synthetic_is_deterministic_and_holds_out_compositions(tmp_path):
