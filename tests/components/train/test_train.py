@@ -100,6 +100,26 @@ def test_killed_worker_restarts_and_ends_with_the_same_weights(shards, tmp_path)
     assert max((whole[k] - resumed[k]).abs().max().item() for k in whole) <= 1e-6
 
 
+def test_ctrl_c_stops_training_cleanly_and_the_same_command_resumes(shards, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", shards, "--out", str(out), "--steps", "60", "--checkpoint-every", "2",
+            "--resume", "latest", *TINY, "--workers", "2"]  # loader workers get the Ctrl-C too
+    process = kubeclip(*args, start_new_session=True)
+    deadline = time.time() + 180
+    while not (out / "checkpoints" / "latest").exists():
+        assert time.time() < deadline and process.poll() is None, "no checkpoint was committed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130 and output.strip().splitlines()[-1] == "kubeclip: interrupted", output
+    assert "Traceback" not in output, output
+
+    finish(kubeclip(*args))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 60 and steps == sorted(set(steps)), steps
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000060"
+
+
 def test_metrics_endpoint_serves_the_named_metrics_while_training(shards, tmp_path):
     port = free_port()
     process = kubeclip("train", "--data", shards, "--out", str(tmp_path / "run"), "--steps", "400",
