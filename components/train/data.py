@@ -2,9 +2,9 @@
 
 Every (process, worker) pair is a "slot" that streams its own share of the shards, epoch after
 epoch, and builds whole batches; the DataLoader takes batches from workers in turn. All randomness
-(shard order, shuffle buffer, crop, mirroring, caption choice) is seeded by (seed, epoch, slot or sample key),
-so the stream is a pure function of the position: resuming skips the batches already trained on
-without decoding them, and gives the same batches an uninterrupted run would have.
+(shard order, shuffle buffer, crop, mirroring, caption choice, word dropout) is seeded by (seed, epoch,
+slot or sample key), so the stream is a pure function of the position: resuming skips the batches
+already trained on without decoding them, and gives the same batches an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Stream:
     tokenizer: object = None  # the model's (`clip.tokenizer`); None: CLIP's BPE
     crop_scale: float = 0.9  # the smallest share of an image a training crop covers
     hflip: bool = False  # mirror half the images, swapping "left" and "right" in their captions
+    word_dropout: float = 0.0  # drop each caption word with this probability (keeping one at least)
 
 
 def _seed(*parts) -> int:
@@ -118,6 +119,10 @@ class CaptionBatches(IterableDataset):
             caption = options[rng.randrange(len(options))]
             if self.stream.hflip and rng.random() < 0.5:
                 pixels, caption = pixels.flip(-1), mirror_caption(caption)
+            if self.stream.word_dropout:
+                words = caption.split()
+                kept = [w for w in words if rng.random() >= self.stream.word_dropout]
+                caption = " ".join(kept or [rng.choice(words)])
             images.append(pixels)
             captions.append(caption)
         ids = (self.stream.tokenizer or default_tokenizer())(captions, self.stream.context_length)

@@ -58,6 +58,8 @@ class TrainOptions:
                                     "or more (area), resized to the model's size (CLIP's own: 0.9)")
     hflip: bool = option(False, "augmentation: mirror half the training images, swapping 'left' and 'right' in "
                                 "their captions so each pair stays true (off in the recipe: measured no gain, README)")
+    word_dropout: float = option(0.1, "augmentation: drop each caption word with this probability, keeping one "
+                                      "at least (not with a locked text tower: it learns nothing from it)")
     split: str = option("train", "the data split to train on")
     workers: int = option(2, "data loader processes per training process")
     shuffle_buffer: int = option(1000, "samples held for shuffling in each loader process")
@@ -293,6 +295,9 @@ def train(opts: TrainOptions) -> dict:
     """Train to `opts.steps` (or for `opts.time_budget`); returns the final metrics record."""
     started = time.time()
     budget = parse_duration(opts.time_budget) if opts.time_budget else None
+    if not 0 <= opts.word_dropout < 1:
+        raise SystemExit(f"--word-dropout must be in [0, 1), the chance each caption word is dropped, not "
+                         f"{opts.word_dropout}")
     if not 0 < opts.crop_scale <= 1:
         raise SystemExit(f"--crop-scale must be in (0, 1], the smallest share of an image a crop keeps, not "
                          f"{opts.crop_scale}")
@@ -329,7 +334,8 @@ def train(opts: TrainOptions) -> dict:
             budget_start -= state["budget_seconds"]
     if calibrating:
         schedule = Schedule(opts.lr, OPEN, OPEN)  # open until fixed; the ramp meanwhile is by time (below)
-    opts = replace(opts, steps=schedule.steps, warmup=schedule.warmup)
+    opts = replace(opts, steps=schedule.steps, warmup=schedule.warmup,
+                   word_dropout=0.0 if clip.text_tower_frozen else opts.word_dropout)
 
     net = clip
     if env.world_size > 1:
@@ -342,7 +348,8 @@ def train(opts: TrainOptions) -> dict:
 
     stream = data.Stream(shard_urls(opts.data, opts.split), opts.batch_size, clip.image_size,
                          clip.context_length, opts.seed, opts.shuffle_buffer, opts.resample, env.rank, env.world_size,
-                         tokenizer=clip.tokenizer, crop_scale=opts.crop_scale, hflip=opts.hflip)
+                         tokenizer=clip.tokenizer, crop_scale=opts.crop_scale, hflip=opts.hflip,
+                         word_dropout=opts.word_dropout)
     batches = iter(data.loader(stream, opts.workers, skip_batches=batches_done))
     metrics = TrainMetrics(opts.out, opts.metrics_port, opts.pushgateway, start) if env.main else None
     global_batch = opts.batch_size * env.world_size * opts.accum_steps

@@ -1,6 +1,6 @@
 """The training data stream: every sample once per epoch over all processes and loader workers, and
 a resumed stream that continues exactly where the interrupted one was; the crop augmentation's scale;
-mirroring that keeps each caption true of its image."""
+mirroring that keeps each caption true of its image; word dropout."""
 
 import itertools
 
@@ -91,3 +91,23 @@ def test_mirrored_samples_get_the_mirrored_caption(shards):
         assert tokenizer.decode([i for i in mixed_caption.tolist() if i]) == data.mirror_caption(caption)
         sides_swapped += data.mirror_caption(caption) != caption
     assert 12 <= mirrored <= 36 and sides_swapped  # about half; the synthetic captions name sides
+
+
+def test_word_dropout_drops_whole_words_and_keeps_the_images(shards):
+    def first_batch(word_dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+        stream = data.Stream(shards, batch_size=48, image_size=32, context_length=77, seed=3,
+                             word_dropout=word_dropout)
+        return next(iter(data.loader(stream, workers=0)))
+
+    (images, ids), (same_images, dropped_ids) = first_batch(0.0), first_batch(0.3)
+    assert torch.equal(images, same_images)  # the crops do not depend on the captions
+    assert torch.equal(first_batch(0.3)[1], dropped_ids)  # seeded per sample: a resumed run drops the same words
+    tokenizer = default_tokenizer()
+    kept = total = 0
+    for full, dropped in zip(ids, dropped_ids):
+        words = tokenizer.decode([i for i in full.tolist() if i]).split()
+        left = iter(words)
+        remaining = tokenizer.decode([i for i in dropped.tolist() if i]).split()
+        assert remaining and all(word in left for word in remaining)  # an ordered subset, never empty
+        kept, total = kept + len(remaining), total + len(words)
+    assert 0.55 < kept / total < 0.85  # about 70% of the words (punctuation goes with its word)

@@ -74,7 +74,9 @@ def test_locked_minilm_tower_trains_and_its_checkpoint_reloads(shards, minilm, t
     initial = build_model(options(shards, out, text_tower=f"hf:{minilm}", lock_text=True))
     assert not torch.equal(initial.text.proj.weight, clip.text.proj.weight)  # the projection trained
     assert not torch.equal(initial.visual.proj, clip.visual.proj)
-    cache = json.loads((out / "lineage.json").read_text())["parameters"]["text_cache"]
+    parameters = json.loads((out / "lineage.json").read_text())["parameters"]
+    assert parameters["word_dropout"] == 0  # a locked tower learns nothing from it, and its cache stays exact
+    cache = parameters["text_cache"]
     assert cache["misses"] == cache["captions"] > 0 and cache["hits"] + cache["misses"] == 4 * 8
 
     # the benchmark encodes prompts with the checkpoint's own tokenizer and tower
@@ -172,6 +174,12 @@ def test_time_budget_ends_the_run_near_the_budget_with_the_schedule_done(shards,
     assert lineage["steps"] == logged[-1]["step"] >= 8 and (out / "checkpoints" / "latest").is_file()
     assert max(r["lr"] for r in logged) > 0.9e-3 and logged[-1]["lr"] < 0.05e-3  # warmed up, decayed to ~0
     assert 1 <= lineage["warmup"] < lineage["steps"] / 2
+
+
+def test_out_of_range_word_dropout_is_refused(tmp_path):
+    for bad in (-0.1, 1.0):
+        with pytest.raises(SystemExit, match=r"--word-dropout must be in \[0, 1\)"):
+            train(options("unused", tmp_path, word_dropout=bad))
 
 
 def test_durations_and_schedule_refits():
