@@ -21,6 +21,12 @@ def shards(tmp_path_factory):
     return shard_urls(str(out))
 
 
+def first_batch(shards, batch_size: int = 48, **augmentation) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first (images, token ids) of a seeded single-process stream with these augmentation settings."""
+    stream = data.Stream(shards, batch_size, image_size=32, context_length=77, seed=3, **augmentation)
+    return next(iter(data.loader(stream, workers=0)))
+
+
 def keys_of_one_epoch(shards, world_size: int, workers: int) -> list[str]:
     keys = []
     for rank in range(world_size):
@@ -55,12 +61,11 @@ def test_stream_runs_past_one_epoch(shards):
 
 
 def test_crop_scale_sets_how_much_of_each_image_a_training_crop_keeps(shards):
-    def first_batch(crop_scale: float) -> torch.Tensor:
-        stream = data.Stream(shards, batch_size=8, image_size=32, context_length=77, seed=3, crop_scale=crop_scale)
-        return next(iter(data.loader(stream, workers=0)))[0]
+    def crops(crop_scale: float) -> torch.Tensor:
+        return first_batch(shards, batch_size=8, crop_scale=crop_scale)[0]
 
-    assert torch.equal(first_batch(0.9), first_batch(0.9))  # the crops are seeded per sample
-    wide, tight = first_batch(0.9), first_batch(0.25)
+    assert torch.equal(crops(0.9), crops(0.9))  # the crops are seeded per sample
+    wide, tight = crops(0.9), crops(0.25)
     assert not torch.equal(wide, tight)
     # a crop keeping a quarter of the image is a zoom: neighbouring pixels differ less than in the wider crops
     assert tight.diff(dim=-1).abs().mean() < wide.diff(dim=-1).abs().mean()
@@ -74,11 +79,7 @@ def test_mirror_caption_swaps_the_sides_and_nothing_else():
 
 
 def test_mirrored_samples_get_the_mirrored_caption(shards):
-    def first_batch(hflip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        stream = data.Stream(shards, batch_size=48, image_size=32, context_length=77, seed=3, hflip=hflip)
-        return next(iter(data.loader(stream, workers=0)))
-
-    (plain, plain_ids), (mixed, mixed_ids) = first_batch(False), first_batch(True)
+    (plain, plain_ids), (mixed, mixed_ids) = first_batch(shards, hflip=False), first_batch(shards, hflip=True)
     tokenizer = default_tokenizer()
     mirrored, sides_swapped = 0, 0
     for image, ids, mixed_image, mixed_caption in zip(plain, plain_ids, mixed, mixed_ids):
@@ -94,14 +95,9 @@ def test_mirrored_samples_get_the_mirrored_caption(shards):
 
 
 def test_word_dropout_drops_whole_words_and_keeps_the_images(shards):
-    def first_batch(word_dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
-        stream = data.Stream(shards, batch_size=48, image_size=32, context_length=77, seed=3,
-                             word_dropout=word_dropout)
-        return next(iter(data.loader(stream, workers=0)))
-
-    (images, ids), (same_images, dropped_ids) = first_batch(0.0), first_batch(0.3)
+    (images, ids), (same_images, dropped_ids) = (first_batch(shards, word_dropout=p) for p in (0.0, 0.3))
     assert torch.equal(images, same_images)  # the crops do not depend on the captions
-    assert torch.equal(first_batch(0.3)[1], dropped_ids)  # seeded per sample: a resumed run drops the same words
+    assert torch.equal(first_batch(shards, word_dropout=0.3)[1], dropped_ids)  # seeded per sample: a resumed run drops the same words
     tokenizer = default_tokenizer()
     kept = total = 0
     for full, dropped in zip(ids, dropped_ids):
