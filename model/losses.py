@@ -36,11 +36,15 @@ def gather_features(features: torch.Tensor, world_size: int) -> torch.Tensor:
 
 class ClipLoss(nn.Module):
     """Each process scores its own rows against the global batch (the local-loss formulation):
-    O(B x N) memory instead of O(N x N), and after DDP averages gradients, the exact full-batch gradient."""
+    O(B x N) memory instead of O(N x N), and after DDP averages gradients, the exact full-batch gradient.
 
-    def __init__(self, rank: int = 0, world_size: int = 1):
+    `label_smoothing` gives that share of each row's target to all N pairs alike (Fini et al. 2023): captions
+    such as "a dog runs through the grass" fit many photos, and a one-hot target calls all but one of them wrong.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1, label_smoothing: float = 0.0):
         super().__init__()
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.label_smoothing = rank, world_size, label_smoothing
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
         all_images = gather_features(image_features, self.world_size)
@@ -48,7 +52,9 @@ class ClipLoss(nn.Module):
         logits_per_image = logit_scale * image_features @ all_texts.T  # (B, N)
         logits_per_text = logit_scale * text_features @ all_images.T  # (B, N)
         labels = torch.arange(image_features.shape[0], device=image_features.device) + self.rank * image_features.shape[0]
-        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        smoothing = self.label_smoothing
+        return (F.cross_entropy(logits_per_image, labels, label_smoothing=smoothing)
+                + F.cross_entropy(logits_per_text, labels, label_smoothing=smoothing)) / 2
 
 
 class SigLipLoss(nn.Module):

@@ -51,6 +51,8 @@ class TrainOptions:
     eps: float = option(1e-6, "AdamW epsilon")
     grad_clip: float = option(1.0, "clip the gradient norm to this; 0 turns clipping off")
     loss: str = option("clip", "clip (softmax over the batch) or siglip (pairwise sigmoid)")
+    label_smoothing: float = option(0.0, "clip loss: this share of each target spread over the whole batch, for "
+                                         "captions that fit other photos in it too")
     precision: str = option("auto", "auto (bf16 on GPUs, fp32 on CPUs), fp32, bf16 or fp16 (with a loss scaler)")
     grad_checkpointing: bool = option(False, "recompute transformer blocks in backward to save memory")
     compile: bool = option(False, "torch.compile the model")
@@ -301,11 +303,15 @@ def train(opts: TrainOptions) -> dict:
     if not 0 < opts.crop_scale <= 1:
         raise SystemExit(f"--crop-scale must be in (0, 1], the smallest share of an image a crop keeps, not "
                          f"{opts.crop_scale}")
+    if not 0 <= opts.label_smoothing < 1 or (opts.label_smoothing and opts.loss != "clip"):
+        raise SystemExit(f"--label-smoothing must be in [0, 1) and goes with --loss clip, not {opts.label_smoothing} "
+                         f"with --loss {opts.loss}")
     env = init_distributed()
     torch.manual_seed(opts.seed)
     clip = build_model(opts).to(env.device)
     clip.set_grad_checkpointing(opts.grad_checkpointing)
-    loss_fn = (SigLipLoss if opts.loss == "siglip" else ClipLoss)(env.rank, env.world_size).to(env.device)
+    loss_fn = (SigLipLoss(env.rank, env.world_size) if opts.loss == "siglip"
+               else ClipLoss(env.rank, env.world_size, opts.label_smoothing)).to(env.device)
     if opts.loss == "siglip":
         with torch.no_grad():
             clip.logit_scale.fill_(math.log(10))  # SigLIP starts its temperature at 10

@@ -2,6 +2,7 @@
 gloo processes, give the gradients of one process on the whole batch; so does accumulation."""
 
 import contextlib
+from functools import partial
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import model
 from components.train.step import train_step
 from model.losses import ClipLoss, SigLipLoss
 
-LOSSES = {"clip": ClipLoss, "siglip": SigLipLoss}
+LOSSES = {"clip": ClipLoss, "clip-smoothed": partial(ClipLoss, label_smoothing=0.1), "siglip": SigLipLoss}
 
 
 def global_batch(size: int):
@@ -67,13 +68,13 @@ def assert_same(a, b):
         assert (grads_a[key] - grads_b[key]).abs().max() <= 1e-5, key
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_two_processes_equal_one_on_the_global_batch(loss, tmp_path):
     one = gradients(1, 0, 1, loss, total=16)
     assert_same(distributed_gradients(2, 1, loss, 16, tmp_path), one)
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_accumulation_equals_one_batch_of_k_times_b(loss):
     assert_same(gradients(1, 0, 4, loss, total=16), gradients(1, 0, 1, loss, total=16))
 

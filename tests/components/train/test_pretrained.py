@@ -176,10 +176,14 @@ def test_time_budget_ends_the_run_near_the_budget_with_the_schedule_done(shards,
     assert 1 <= lineage["warmup"] < lineage["steps"] / 2
 
 
-def test_out_of_range_word_dropout_is_refused(tmp_path):
+def test_out_of_range_regularisers_are_refused(tmp_path):
     for bad in (-0.1, 1.0):
         with pytest.raises(SystemExit, match=r"--word-dropout must be in \[0, 1\)"):
             train(options("unused", tmp_path, word_dropout=bad))
+        with pytest.raises(SystemExit, match=r"--label-smoothing must be in \[0, 1\)"):
+            train(options("unused", tmp_path, label_smoothing=bad))
+    with pytest.raises(SystemExit, match="goes with --loss clip"):
+        train(options("unused", tmp_path, label_smoothing=0.1, loss="siglip"))
 
 
 def test_durations_and_schedule_refits():
