@@ -284,7 +284,10 @@ def report(args, results: list[Result]) -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10, help="wall-clock budget of each run (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per contestant: 0 .. N-1 (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per contestant (default: %(default)s)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the seeds are FIRST .. FIRST+N-1, to add seeds without rerunning earlier ones "
+                        "(default: %(default)s)")
     p.add_argument("--contestants", nargs="+", choices=CONTESTANTS, default=list(CONTESTANTS[:3]),
                    help="which to run; locked-uncached (the locked tower without the text-feature cache, for "
                         "its samples/s) is not run by default (default: %(default)s)")
@@ -336,7 +339,7 @@ def main() -> None:
           f"  open_clip's defaults: batch {own.batch_size}, lr {own.lr}, weight decay {own.wd}, gradient clip "
           f"{own.grad_clip_norm}", flush=True)
     results, order = [], list(args.contestants)
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for who in order:
             started = time.time()
             if who == "open_clip":
