@@ -58,6 +58,7 @@ def main() -> None:
     names, templates = class_names(cifar), resolve_templates(None, "cifar10")
     words = {name: tokenizer.encode(name) for name in names}
     rare = sorted({i for ids in words.values() for i in ids if counts[i] < args.rare})
+    unseen = torch.tensor([i for i in range(tokenizer.sot_token_id) if counts[i] == 0])  # the special ids last
     print("class words and their uses in the training captions:",
           ", ".join(f"{n} {min(counts[i] for i in ids)}" for n, ids in words.items()))
     print(f"redrawn: {', '.join(tokenizer.decode([i]) for i in rare)}\n")
@@ -72,7 +73,6 @@ def main() -> None:
         images, labels = embed_labelled(encoder, cifar, "test")
         table = clip.token_embedding.weight
         trained = table.detach().clone()
-        unseen = torch.tensor([i for i in range(len(table) - 2) if counts[i] == 0])  # less start/end of text
         top1 = []
         for draw in range(args.draws + 1):  # draw 0: the rows as trained
             with torch.no_grad():
