@@ -95,8 +95,7 @@ def main() -> None:
         top1 = [100 * as_trained["top1"]]
         for draw in range(1, args.draws + 1):
             order = torch.randperm(len(unseen), generator=torch.Generator().manual_seed(draw))
-            with torch.no_grad():
-                table.copy_(trained)
+            with torch.no_grad():  # every draw overwrites the same rows, so nothing needs restoring
                 table[rare] = trained[unseen[order[:len(rare)]]]
             top1.append(100 * scores(images, labels, text_classifier(encoder, names, templates))["top1"])
         redrawn, spread = top1[1:], max(top1[1:]) - min(top1[1:])
