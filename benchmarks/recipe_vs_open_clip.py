@@ -81,7 +81,7 @@ from pathlib import Path
 import torch
 
 import model
-from components.datasets import image_bytes, read_samples, shard_urls
+from components.datasets import captions, image_bytes, read_samples, shard_urls
 from components.train.step import TrainOptions
 from train_vs_open_clip import ROOT, WRAPPER, config_path, steady_rate
 
@@ -155,8 +155,7 @@ def write_pairs(data: Path, out: Path, workers: int) -> None:
     pairs = []
     for url in shard_urls(str(data), "train"):
         for _, files in read_samples(url):
-            meta = json.loads(files["json"]) if "json" in files else {}
-            for caption in meta.get("captions") or [files["txt"].decode()]:
+            for caption in captions(files):
                 pairs.append((image_bytes(files), caption))
     random.Random(0).shuffle(pairs)
     out.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,12 @@ def image_bytes(files: dict[str, bytes]) -> bytes:
     return next(files[ext] for ext in IMAGE_SUFFIXES if ext in files)
 
 
+def captions(files: dict[str, bytes]) -> list[str]:
+    """A sample's captions: its .json "captions" (an image's every caption, as `prepare` groups them), else its .txt."""
+    meta = json.loads(files["json"]) if "json" in files else {}
+    return list(meta.get("captions") or [files["txt"].decode()])
+
+
 def class_names(root: str) -> list[str]:
     """A classification set's class names; the label is the 0-based line number."""
     with fsspec.open(f"{root.rstrip('/')}/classes.txt", "r") as f:

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from components.benchmark.encoders import Encoder
-from components.datasets import image_bytes, labelled_images, read_samples, shard_urls
+from components.datasets import captions, image_bytes, labelled_images, read_samples, shard_urls
 
 CHUNK = 1024  # images per encoder call: big enough for any batch size, small enough to stream
 _T = TypeVar("_T")
@@ -60,22 +60,14 @@ def embed_captioned(encoder: Encoder, root: str, split: str,
         for start, chunk in _chunks(samples):
             images.append(encoder.encode_images([image_bytes(files) for files in chunk]))
             for i, files in enumerate(chunk):
-                captions = _captions(files)
-                texts += captions
-                owners += [start + i] * len(captions)
+                for caption in captions(files):
+                    texts.append(caption)
+                    owners.append(start + i)
             progress.update(len(chunk))
     if not images:
         raise SystemExit(f"{root} has no images in its {split!r} split")
     text_features = torch.cat([encoder.encode_texts(texts[i:i + CHUNK]) for i in range(0, len(texts), CHUNK)])
     return torch.cat(images), text_features, torch.tensor(owners)
-
-
-def _captions(files: dict[str, bytes]) -> list[str]:
-    if "json" in files:
-        captions = json.loads(files["json"]).get("captions")
-        if captions:
-            return list(captions)
-    return [files["txt"].decode()]
 
 
 def _chunks(items: Iterable[_T]) -> Iterator[tuple[int, list[_T]]]:

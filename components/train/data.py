@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import random
 import re
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import model
-from components.datasets import image_bytes, read_samples
+from components.datasets import captions, image_bytes, read_samples
 from model.tokenizer import default_tokenizer
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ class CaptionBatches(IterableDataset):
                     index += 1
 
     def _collate(self, batch: list[tuple[str, dict[str, bytes]]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, captions = [], []
+        images, texts = [], []
         for key, files in batch:
             rng = random.Random(_seed(self.stream.seed, "sample", key))
             # The random crop draws from torch's CPU generator. Seed only that one: torch.manual_seed also
@@ -114,8 +113,7 @@ class CaptionBatches(IterableDataset):
             torch.default_generator.manual_seed(rng.getrandbits(63))
             with Image.open(io.BytesIO(image_bytes(files))) as image:
                 pixels = self.transform(image)
-            meta = json.loads(files["json"]) if "json" in files else {}
-            options = meta.get("captions") or [files["txt"].decode()]
+            options = captions(files)
             caption = options[rng.randrange(len(options))]
             if self.stream.hflip and rng.random() < 0.5:
                 pixels, caption = pixels.flip(-1), mirror_caption(caption)
@@ -124,8 +122,8 @@ class CaptionBatches(IterableDataset):
                 kept = [w for w in words if rng.random() >= self.stream.word_dropout]
                 caption = " ".join(kept or [rng.choice(words)])
             images.append(pixels)
-            captions.append(caption)
-        ids = (self.stream.tokenizer or default_tokenizer())(captions, self.stream.context_length)
+            texts.append(caption)
+        ids = (self.stream.tokenizer or default_tokenizer())(texts, self.stream.context_length)
         return torch.stack(images), ids
 
 
