@@ -1,8 +1,9 @@
 """CLIP's byte-level BPE tokenizer, producing the same ids as OpenAI's and open_clip's, and a Hugging Face
 `tokenizer.json` tokenizer for pretrained text towers, with the same calls.
 
-The vocabulary file is read from the installed open-clip-torch distribution (without importing it),
-or from a checkpoint's `tokenizer/` folder, where `ClipTokenizer.save` puts a copy. This file is
+CLIP's merges are read from the installed open-clip-torch distribution (without importing it), or from a
+checkpoint's `tokenizer/` folder, where `ClipTokenizer.save` writes them; `fit_merges` learns merges from
+your own captions instead (`kubeclip train --fit-tokenizer`). This file is
 copied as it is into the Triton repository's tokenizer model: torch is imported only where a tensor
 is asked for, and the `tokenizers` library only by the Hugging Face tokenizer.
 """
@@ -13,6 +14,8 @@ import gzip
 import html
 import json
 import shutil
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -20,11 +23,14 @@ from pathlib import Path
 import ftfy
 import regex
 
-VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's, as open-clip-torch ships it
+MERGES_FILE = "bpe_merges.txt.gz"  # a saved tokenizer's merges, in the same format
 CONFIG_FILE = "tokenizer_config.json"
 HF_TOKENIZER_FILE = "tokenizer.json"
 CONTEXT_LENGTH = 77
 _MERGES = 49152 - 256 - 2  # merges used by CLIP: vocab 49,408 = 2 x 256 bytes + merges + 2 specials
+_PRE_TOKENS = regex.compile(  # what BPE runs on: special tokens, contractions, letter runs, digits, other runs
+    r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 
 
 def default_vocab_path() -> Path:
@@ -56,11 +62,16 @@ def clean(text: str) -> str:
 
 
 class ClipTokenizer:
-    def __init__(self, vocab_path: str | Path | None = None, context_length: int = CONTEXT_LENGTH):
-        self.vocab_path = Path(vocab_path) if vocab_path else default_vocab_path()
+    def __init__(self, vocab_path: str | Path | None = None, context_length: int = CONTEXT_LENGTH,
+                 merges: list[tuple[str, str]] | None = None):
+        """CLIP's vocabulary (the file at `vocab_path`, by default open_clip's), or `merges` learnt from other
+        texts by `fit_merges`."""
+        if merges is None:
+            vocab_path = Path(vocab_path) if vocab_path else default_vocab_path()
+            lines = gzip.open(vocab_path).read().decode("utf-8").splitlines()[1:_MERGES + 1]
+            merges = [tuple(line.split()) for line in lines if line]
+        self.merges = merges
         self.context_length = context_length
-        merges = gzip.open(self.vocab_path).read().decode("utf-8").split("\n")[1:_MERGES + 1]
-        merges = [tuple(m.split()) for m in merges]
         self.byte_encoder = _bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
         vocab = list(self.byte_encoder.values())
@@ -69,9 +80,6 @@ class ClipTokenizer:
         self.decoder = vocab
         self.bpe_ranks = {m: i for i, m in enumerate(merges)}
         self.sot_token_id, self.eot_token_id = len(vocab) - 2, len(vocab) - 1
-        self.pattern = regex.compile(
-            r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-            regex.IGNORECASE)
         self._word_ids = lru_cache(maxsize=1 << 18)(self._bpe_ids)
 
     @property
@@ -82,28 +90,18 @@ class ClipTokenizer:
         """Ids of one pre-token: merge the lowest-ranked adjacent pair until none is in the merge table."""
         if word in ("<start_of_text>", "<end_of_text>"):
             return (self.encoder[word],)
-        symbols = [self.byte_encoder[b] for b in word.encode("utf-8")]
-        symbols[-1] += "</w>"
+        symbols = _symbols(word, self.byte_encoder)
         while len(symbols) > 1:
-            ranks = [self.bpe_ranks.get(pair, _MERGES) for pair in zip(symbols, symbols[1:])]
+            ranks = [self.bpe_ranks.get(pair, len(self.merges)) for pair in zip(symbols, symbols[1:])]
             best = min(ranks)
-            if best == _MERGES:
+            if best == len(self.merges):
                 break
-            first, second = symbols[ranks.index(best)], symbols[ranks.index(best) + 1]
-            merged, i = [], 0
-            while i < len(symbols):
-                if i < len(symbols) - 1 and symbols[i] == first and symbols[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = merged
+            symbols = _merge(symbols, self.merges[best])
         return tuple(self.encoder[s] for s in symbols)
 
     def encode(self, text: str) -> list[int]:
         """Ids of a text, without start and end tokens."""
-        return [i for word in self.pattern.findall(clean(text)) for i in self._word_ids(word)]
+        return [i for word in _PRE_TOKENS.findall(clean(text)) for i in self._word_ids(word)]
 
     def decode(self, ids: list[int]) -> str:
         ids = [i for i in ids if i not in (0, self.sot_token_id, self.eot_token_id)]
@@ -128,15 +126,71 @@ class ClipTokenizer:
         return torch.tensor(self.padded_ids(texts, length), dtype=torch.long).view(len(texts), length)
 
     def save(self, directory: str | Path) -> None:
-        """Write `tokenizer_config.json` and a copy of the vocabulary, so a checkpoint carries its tokenizer."""
+        """Write `tokenizer_config.json` and the merges in CLIP's format, so a checkpoint carries its tokenizer."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.vocab_path, directory / VOCAB_FILE)
-        config = {"type": "clip_bpe", "vocab_file": VOCAB_FILE, "context_length": self.context_length}
+        with gzip.open(directory / MERGES_FILE, "wt", encoding="utf-8", compresslevel=6) as f:
+            f.write(f"#version: kubeclip {len(self.merges)} merges\n")
+            f.writelines(f"{a} {b}\n" for a, b in self.merges)
+        config = {"type": "clip_bpe", "vocab_file": MERGES_FILE, "context_length": self.context_length}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
-    def __reduce__(self):  # the BPE cache does not pickle; a copy re-reads the vocabulary
-        return type(self), (self.vocab_path, self.context_length)
+    def __reduce__(self):  # the BPE cache does not pickle
+        return type(self), (None, self.context_length, self.merges)
+
+
+def fit_merges(texts: Iterable[str], merges: int) -> list[tuple[str, str]]:
+    """Up to `merges` BPE merges learnt from `texts` (Sennrich et al. 2016: merge the most frequent adjacent
+    pair, again and again), over CLIP's cleaning, pre-tokens and byte symbols, so `ClipTokenizer` reads them
+    as it reads CLIP's. On small data most of CLIP's 49,408 token rows are never trained and a rare word's own
+    row only a few times; a vocabulary fitted to the captions spells rare words with pieces they use often."""
+    counts = Counter(word for text in texts for word in _PRE_TOKENS.findall(clean(text)))
+    byte_encoder = _bytes_to_unicode()
+    words = [(_symbols(word, byte_encoder), n) for word, n in counts.items()]
+    pairs: Counter = Counter()
+    holders: dict[tuple[str, str], set[int]] = defaultdict(set)  # pair -> the words it occurs in
+
+    def count(i: int, sign: int) -> None:
+        symbols, n = words[i]
+        for pair in zip(symbols, symbols[1:]):
+            pairs[pair] += sign * n
+            if sign > 0:
+                holders[pair].add(i)
+            elif pairs[pair] <= 0:
+                del pairs[pair], holders[pair]
+
+    for i in range(len(words)):
+        count(i, 1)
+    learnt = []
+    while len(learnt) < merges and pairs:
+        best = max(pairs, key=lambda pair: (pairs[pair], pair))  # the most frequent; ties broken by the pair
+        if pairs[best] < 2:
+            break  # a pair seen once names one word's spelling, not a piece
+        learnt.append(best)
+        for i in list(holders[best]):
+            count(i, -1)
+            words[i] = (_merge(words[i][0], best), words[i][1])
+            count(i, 1)
+    return learnt
+
+
+def _symbols(word: str, byte_encoder: dict[int, str]) -> list[str]:
+    """A pre-token as BPE starts it: one symbol per byte, the last marked as the word's end."""
+    symbols = [byte_encoder[b] for b in word.encode("utf-8")]
+    symbols[-1] += "</w>"
+    return symbols
+
+
+def _merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    merged, i = [], 0
+    while i < len(symbols):
+        if i < len(symbols) - 1 and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
 
 
 class HFTokenizer:

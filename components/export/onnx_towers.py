@@ -76,7 +76,7 @@ def text_tower(clip: model.CLIP) -> tuple[torch.nn.Module, tuple[torch.Tensor, .
     if clip.has_hf_text:
         ids, mask = clip.tokenizer.padded_ids_and_mask(texts, clip.context_length)
         return HFTextTower(clip), (torch.tensor(ids, dtype=torch.int32), torch.tensor(mask, dtype=torch.int32))
-    return TextTower(clip), (model.tokenize(texts, clip.context_length).int(),)
+    return TextTower(clip), (clip.tokenizer(texts, clip.context_length).int(),)
 
 
 def export_towers(clip: model.CLIP, out: Path, opset: int = 17) -> list[Path]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import model
-from model.tokenizer import ClipTokenizer, load_tokenizer
+from model.tokenizer import ClipTokenizer, fit_merges, load_tokenizer
 
 EDGE_CASES = [
     "",
@@ -58,3 +58,23 @@ def test_saved_tokenizer_gives_the_same_ids(tmp_path):
     loaded = load_tokenizer(tmp_path / "tokenizer")
     texts = ["a photo of a cat.", "naïve café"]
     assert torch.equal(loaded(texts), model.tokenize(texts))
+
+
+def test_fitted_merges_make_frequent_words_tokens_and_spell_rare_ones_in_pieces(tmp_path):
+    texts = ["A dog runs on the grass."] * 20 + ["Two dogs", "a doghouse"]
+    merges = fit_merges(texts, 10_000)
+    assert merges == fit_merges(texts, 10_000)  # the same texts, the same vocabulary
+    assert 10 < len(merges) < 100  # it stops where the pairs left are each seen once
+    tok = ClipTokenizer(merges=merges, context_length=16)
+    assert tok.vocab_size == 2 * 256 + len(merges) + 2 and tok.eot_token_id == tok.vocab_size - 1
+    spelt = lambda word: [tok.decoder[i] for i in tok.encode(word)]
+    assert spelt("dog") == ["dog</w>"] and spelt("grass") == ["grass</w>"]
+    assert spelt("dogs") == ["dog", "s</w>"]  # a word used once: in pieces that words used more often share
+    assert len(spelt("zebra")) == 5  # never seen: one byte a symbol, still ids the model knows
+    text = "A cat, naïve; 3 dogs 🐱"
+    assert tok.decode(tok.encode(text)) == ClipTokenizer().decode(ClipTokenizer().encode(text))
+    assert fit_merges(texts, 3) == merges[:3]
+
+    tok.save(tmp_path / "tokenizer")
+    loaded = load_tokenizer(tmp_path / "tokenizer")
+    assert loaded.merges == merges and torch.equal(loaded(texts + [text]), tok(texts + [text]))

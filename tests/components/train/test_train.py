@@ -15,10 +15,13 @@ import pytest
 import torch
 
 import model
+from components.datasets import captions, read_samples, shard_urls
+from components.export.step import ExportOptions, export
 from components.train import step as train_step
 from components.train.checkpoints import MARKER, STATE_FILE
 from components.serve.triton_server import free_port
 from tests.conftest import ROOT
+from model.tokenizer import ClipTokenizer, load_tokenizer
 from tests.manifests.metric_names import TRAINING
 
 TINY = ["--model", "tiny-vit", "--batch-size", "8", "--workers", "1", "--shuffle-buffer", "16", "--log-every", "2",
@@ -62,6 +65,24 @@ def test_checkpoints_metrics_and_resume_follow_the_contract(shards, tmp_path):
                     "--resume", "latest", *TINY))
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6, 8]
     assert (checkpoints / "latest").read_text().strip() == "step-00000008"
+
+
+def test_a_tokenizer_fitted_to_the_captions_trains_resumes_and_exports(shards, tmp_path):
+    out, fit = tmp_path / "run", ["--fit-tokenizer", "400", "--checkpoint-every", "2", *TINY]
+    finish(kubeclip("train", "--data", shards, "--out", str(out), "--steps", "2", *fit))
+    finish(kubeclip("train", "--data", shards, "--out", str(out), "--steps", "3", "--resume", "latest", *fit))
+    clip = model.load(out)
+    tok = clip.tokenizer
+    assert tok.vocab_size == clip.config.text.vocab_size == 514 + len(tok.merges) < 900  # not CLIP's 49,408
+    assert clip.state_dict()["token_embedding.weight"].shape[0] == tok.vocab_size
+    _, files = next(read_samples(shard_urls(shards, "train")[0]))
+    caption = captions(files)[0]
+    assert len(tok.encode(caption)) == len(ClipTokenizer().encode(caption))  # the captions' words: one token each
+
+    report = export(ExportOptions(checkpoint=str(out), out=str(tmp_path / "export"), parity_images=8))
+    assert all(report["gates"].values()), report["gates"]  # ONNX Runtime's text tower, on the fitted ids
+    texts = [caption, "a zebra beside a yellow dodecahedron"]  # words no caption used: spelt in known pieces
+    assert torch.equal(load_tokenizer(tmp_path / "export" / "tokenizer")(texts), tok(texts))
 
 
 def test_torchrun_with_two_node_agents_trains(shards, tmp_path):
