@@ -33,7 +33,7 @@ from components.benchmark.encoders import TorchEncoder
 from components.benchmark.features import embed_labelled
 from components.benchmark.templates import resolve_templates
 from components.benchmark.zeroshot import TextClassifier, scores, text_classifier
-from components.datasets import captions, class_names, read_samples, shard_urls
+from components.datasets import captions, class_names, split_samples
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,10 +57,9 @@ def parse_args() -> argparse.Namespace:
 def token_counts(data: Path, tokenizer: model.tokenizer.ClipTokenizer) -> collections.Counter:
     """How often each token occurs in the training captions."""
     counts = collections.Counter()
-    for url in shard_urls(str(data), "train"):
-        for _, files in read_samples(url):
-            for caption in captions(files):
-                counts.update(tokenizer.encode(caption))
+    for _, files in split_samples(str(data), "train"):
+        for caption in captions(files):
+            counts.update(tokenizer.encode(caption))
     return counts
 
 

@@ -81,7 +81,7 @@ from pathlib import Path
 import torch
 
 import model
-from components.datasets import captions, image_bytes, read_samples, shard_urls
+from components.datasets import captions, image_bytes, split_samples
 from components.train.step import TrainOptions
 from train_vs_open_clip import ROOT, WRAPPER, config_path, steady_rate
 
@@ -153,10 +153,9 @@ def prepare(args, work: Path) -> tuple[Path, Path, Path]:
 def write_pairs(data: Path, out: Path, workers: int) -> None:
     """The train split as open_clip reads it: one (jpg, txt) pair per sample, shuffled once, in shards."""
     pairs = []
-    for url in shard_urls(str(data), "train"):
-        for _, files in read_samples(url):
-            for caption in captions(files):
-                pairs.append((image_bytes(files), caption))
+    for _, files in split_samples(str(data), "train"):
+        for caption in captions(files):
+            pairs.append((image_bytes(files), caption))
     random.Random(0).shuffle(pairs)
     out.mkdir(parents=True, exist_ok=True)
     size = min(1000, math.ceil(len(pairs) / workers))

@@ -55,8 +55,13 @@ def class_names(root: str) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
+def split_samples(root: str, split: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for every sample of a split, shard after shard in the manifest's order."""
+    for url in shard_urls(root, split):
+        yield from read_samples(url)
+
+
 def labelled_images(root: str, split: str = "test") -> Iterator[tuple[str, bytes, int]]:
     """(key, image bytes, label) for every sample of a classification set's split."""
-    for url in shard_urls(root, split):
-        for key, files in read_samples(url):
-            yield key, image_bytes(files), int(files["cls"])
+    for key, files in split_samples(root, split):
+        yield key, image_bytes(files), int(files["cls"])

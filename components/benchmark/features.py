@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from components.benchmark.encoders import Encoder
-from components.datasets import captions, image_bytes, labelled_images, read_samples, shard_urls
+from components.datasets import captions, image_bytes, labelled_images, split_samples
 
 CHUNK = 1024  # images per encoder call: big enough for any batch size, small enough to stream
 _T = TypeVar("_T")
@@ -52,8 +52,7 @@ def embed_captioned(encoder: Encoder, root: str, split: str,
                     max_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """([N, D] image embeddings, [M, D] caption embeddings, [M] the image index of each caption) of a
     caption split; every caption of a sample counts (its .json "captions", else its .txt)."""
-    samples = itertools.islice((files for url in shard_urls(root, split) for _, files in read_samples(url)),
-                               max_images)
+    samples = itertools.islice((files for _, files in split_samples(root, split)), max_images)
     images, texts, owners = [], [], []
     progress = tqdm(total=split_size(root, split, max_images), unit="img", desc=split, mininterval=1, disable=None)
     with progress:

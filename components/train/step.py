@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import model
-from components.datasets import captions, read_samples, shard_urls
+from components.datasets import captions, shard_urls, split_samples
 from components.lineage import file_sha256, write_lineage
 from components.options import option
 from components.train import data
@@ -237,8 +237,8 @@ def build_model(opts: TrainOptions) -> model.CLIP:
     if opts.fit_tokenizer:
         if opts.text_tower:
             raise SystemExit("--fit-tokenizer fits kubeclip's own text tower; a --text-tower brings its tokenizer")
-        texts = islice((text for url in shard_urls(opts.data, opts.split) for _, files in read_samples(url)
-                        for text in captions(files)), FIT_CAPTIONS)
+        texts = islice((text for _, files in split_samples(opts.data, opts.split) for text in captions(files)),
+                       FIT_CAPTIONS)
         tokenizer = ClipTokenizer(context_length=cfg.text.context_length, merges=fit_merges(texts, opts.fit_tokenizer))
         cfg = replace(cfg, text=replace(cfg.text, vocab_size=tokenizer.vocab_size))
     clip = model.CLIP(cfg)
