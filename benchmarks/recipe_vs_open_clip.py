@@ -272,9 +272,7 @@ def evaluate(checkpoint: Path, data: Path, cifar: Path, work: Path, name: str) -
 
 
 def report(results: list[Result], minutes: float | None) -> None:
-    """The table: seed means and each seed per contestant, the ratios to open_clip and the goals, and the
-    differences paired by seed (the seed's run of each contestant came one after the other, under the same
-    load), whose standard error says how far the seed means could be from the long-run ones."""
+    """The table: seed means and seeds per contestant, ratios to open_clip with the goals, paired differences."""
     means = {}
     contestants = [c for c in CONTESTANTS if any(r.contestant == c for r in results)]
     header = " ".join(f"{h:>7}" for h in ("i2t@1", "i2t@5", "i2t@10", "t2i@1", "t2i@5", "t2i@10", "CIFAR10"))
