@@ -163,9 +163,8 @@ class Schedule:
         return Schedule(self.lr, self.warmup, steps, start=step, start_progress=self.progress(step))
 
 
-CALIBRATION_STEPS = 20  # steps timed before a budgeted run first fixes its schedule (fewer once 10% of it passed)
 OPEN = 1 << 40  # the length of a budgeted run's schedule before its pace is known
-REFIT_EVERY = 0.1  # then the pace is measured again and the schedule refitted after each such share of the budget
+REFIT_EVERY = 0.1  # after warmup, the schedule is refitted from the pace of each such share of the budget
 
 
 def parse_duration(text: str) -> float:
@@ -184,37 +183,40 @@ class TimeBudget:
     """Sizes the schedule so that it ends when `seconds` are up, counted from `started` (the start of `train`,
     moved back by the time a resumed run had already spent).
 
-    Until the first fit the learning rate ramps by time: warmup is `warmup_fraction` of the budget. The
-    pace (wall seconds per step, checkpoints and logging included) is measured over the steps after the
-    first one, which pays for start-up; after `CALIBRATION_STEPS` of them (or 10% of the budget) the
-    steps that fit in the time left fix `steps`, and `warmup` becomes `warmup_fraction` of them. Every
-    further 10% of the budget the pace since the last fit is measured again and the schedule refitted,
-    which follows a pace that changes (a text-feature cache warming up, a busy machine). Whatever the
-    estimates, the run stops at the budget. Rank 0 decides for every process.
+    The pace (wall seconds per step, checkpoints and logging included) is measured from the end of the first
+    step, which pays for start-up. While the run warms up, the schedule is refitted after every step (from
+    the third timed one) from the pace of the latest half of the steps timed: costs of the first steps that
+    linger, such as kernel autotuning on a GPU, drop out of it, so warmup comes out at `warmup_fraction` of
+    the steps that fit, not of an estimate that the slow first steps made short. After warmup, the pace since
+    the last fit is measured again after every 10% of the budget and the schedule refitted, which follows a
+    pace that changes (a text-feature cache warming up, a busy machine). Whatever the estimates, the run
+    stops at the budget. Rank 0 decides for every process.
     """
 
     def __init__(self, seconds: float, started: float, warmup_fraction: float, device: torch.device, world_size: int):
         self.seconds, self.started, self.warmup_fraction = seconds, started, warmup_fraction
         self.device, self.world_size = device, world_size
-        self.window: tuple[int, float] | None = None  # (step, time) the pace is measured from
+        self.marks: list[tuple[int, float]] = []  # (step, time) at the end of the steps the pace is measured over
         self.next_fit = 0.0
 
-    def ramp_lr(self, lr: float, loop_start: float) -> float:
-        return lr * min(1.0, (time.time() - loop_start) / max(1e-9, self.warmup_fraction * self.seconds))
-
-    def after_step(self, step: int, schedule: Schedule | None) -> tuple[int | None, int | None, bool]:
+    def after_step(self, step: int, schedule: Schedule) -> tuple[int | None, int | None, bool]:
         """(steps, warmup) of a new fit or (None, None); and whether the budget is spent."""
         now = time.time()
         decision = torch.zeros(3, dtype=torch.float64, device=self.device)  # steps, warmup, stop
-        if self.window is None:
-            self.window = (step, now)
-        elif now >= self.next_fit:
-            taken, elapsed = step - self.window[0], now - self.window[1]
-            first = schedule is None
-            if taken >= 3 and (not first or taken >= CALIBRATION_STEPS or now - self.started > 0.1 * self.seconds):
-                steps = step + max(1, int((self.seconds - (now - self.started)) / (elapsed / taken)))
-                decision[0], decision[1] = steps, max(1, math.ceil(self.warmup_fraction * steps))
-                self.window, self.next_fit = (step, now), now + REFIT_EVERY * self.seconds
+        since = None  # the (step, time) the pace is measured from, when it is time to fit
+        if step < schedule.warmup:  # warming up, or not fitted yet (an open schedule warms up forever)
+            self.marks.append((step, now))
+            if len(self.marks) >= 4:
+                since = self.marks[min(len(self.marks) // 2, len(self.marks) - 4)]
+        elif not self.marks:  # resumed past warmup: timed from the end of this first step
+            self.marks = [(step, now)]
+        elif now >= self.next_fit and step - self.marks[-1][0] >= 3:
+            since, self.marks = self.marks[-1], [(step, now)]
+        if since is not None:
+            pace = (now - since[1]) / (step - since[0])
+            steps = step + max(1, int((self.seconds - (now - self.started)) / pace))
+            decision[0], decision[1] = steps, max(1, math.ceil(self.warmup_fraction * steps))
+            self.next_fit = now + REFIT_EVERY * self.seconds
         decision[2] = float(now - self.started >= self.seconds)
         if self.world_size > 1:
             dist.broadcast(decision, 0)
@@ -357,7 +359,7 @@ def train(opts: TrainOptions) -> dict:
             calibrating = schedule.steps == OPEN
             budget_start -= state["budget_seconds"]
     if calibrating:
-        schedule = Schedule(opts.lr, OPEN, OPEN)  # open until fixed; the ramp meanwhile is by time (below)
+        schedule = Schedule(opts.lr, OPEN, OPEN)  # open until the pace is known: the learning rate stays ~0
     opts = replace(opts, steps=schedule.steps, warmup=schedule.warmup,
                    word_dropout=0.0 if clip.text_tower_frozen else opts.word_dropout)
 
@@ -382,13 +384,10 @@ def train(opts: TrainOptions) -> dict:
     progress = tqdm(total=None if calibrating else opts.steps, initial=start, unit="step",
                     disable=not env.main or None, mininterval=1)
     net.train()
-    step, loop_start = start, time.time()
+    step = start
     while step < opts.steps:
         step += 1
-        if calibrating:  # until the pace is known, warmup ramps by the time spent
-            lr = clock.ramp_lr(opts.lr, loop_start)
-        else:
-            lr = schedule.at(step)
+        lr = schedule.at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         step_start = time.time()
@@ -426,10 +425,9 @@ def train(opts: TrainOptions) -> dict:
         elapsed = time.time() - step_start
 
         if clock is not None:
-            steps, warmup, spent = clock.after_step(step, None if calibrating else schedule)
+            steps, warmup, spent = clock.after_step(step, schedule)
             if steps:
-                schedule = (Schedule(opts.lr, max(step, warmup), steps, start=step, start_lr=lr) if calibrating
-                            else schedule.refit(step, steps, warmup))
+                schedule = schedule.refit(step, steps, warmup)
                 opts, calibrating = replace(opts, steps=schedule.steps, warmup=schedule.warmup), False
                 progress.total = opts.steps
             if spent and step < opts.steps:  # slower than measured: stop at the budget all the same

@@ -17,7 +17,9 @@ from components.benchmark.encoders import TorchEncoder
 from components.datasets import shard_urls
 from components.options import add_options, options_from_args
 from components.train import data
-from components.train.step import Schedule, TrainOptions, build_model, param_groups, parse_duration, train
+from components.train import step as train_step
+from components.train.step import (OPEN, Schedule, TimeBudget, TrainOptions, build_model, param_groups, parse_duration,
+                                   train)
 from components.train.text_cache import TextFeatureCache
 from model import hf_text
 from model.losses import ClipLoss
@@ -174,6 +176,44 @@ def test_time_budget_ends_the_run_near_the_budget_with_the_schedule_done(shards,
     assert lineage["steps"] == logged[-1]["step"] >= 8 and (out / "checkpoints" / "latest").is_file()
     assert max(r["lr"] for r in logged) > 0.9e-3 and logged[-1]["lr"] < 0.05e-3  # warmed up, decayed to ~0
     assert 1 <= lineage["warmup"] < lineage["steps"] / 2
+
+
+def budgeted_run(monkeypatch, seconds_of_step, budget: float) -> tuple[list[float], Schedule, float]:
+    """The training loop's use of TimeBudget, on a clock that moves by `seconds_of_step(step)` per step: the
+    learning rate of each step (peak 1), the schedule the run ended with and the time it ended at."""
+    now = 0.0
+    monkeypatch.setattr(train_step, "time", argparse.Namespace(time=lambda: now))
+    clock = TimeBudget(budget, 0.0, 0.05, torch.device("cpu"), 1)
+    schedule, lrs, step = Schedule(1.0, OPEN, OPEN), [], 0
+    while step < schedule.steps:
+        step += 1
+        lrs.append(schedule.at(step))
+        now += seconds_of_step(step)
+        steps, warmup, spent = clock.after_step(step, schedule)
+        if steps:
+            schedule = schedule.refit(step, steps, warmup)
+        if spent:
+            break
+    return lrs, schedule, now
+
+
+@pytest.mark.parametrize("seconds_of_step, budget", [
+    (lambda step: 0.3, 600),  # a steady pace
+    (lambda step: 3.0 if step == 1 else 0.15 if step <= 10 else 0.03, 600),  # a GPU: start-up, then slow first steps
+    (lambda step: 30.0 if step == 1 else 5.0 if step <= 3 else 0.1, 3600),  # torch.compile: recompiles after step 1
+], ids=["steady", "slow-first-steps", "compile"])
+def test_time_budget_warms_up_over_its_share_of_the_steps_however_slow_the_first_ones(monkeypatch, seconds_of_step,
+                                                                                      budget):
+    """Warmup was once fixed from the first 20 steps' pace: when they were slow (a GPU's start-up, compilation),
+    it came out at 1-2% of the steps instead of 5%, or was over by the second step."""
+    lrs, schedule, ended = budgeted_run(monkeypatch, seconds_of_step, budget)
+    assert 0.99 * budget <= ended <= 1.01 * budget and len(lrs) == schedule.steps  # ends at the budget, schedule done
+    assert 0.045 <= schedule.warmup / len(lrs) <= 0.055, (schedule.warmup, len(lrs))
+    peak = lrs.index(max(lrs)) + 1
+    assert peak == schedule.warmup and max(lrs) == pytest.approx(1) and lrs[-1] < 1e-3
+    rising, falling = lrs[:peak], lrs[peak - 1:]
+    assert rising == sorted(rising) and falling == sorted(falling, reverse=True)
+    assert max(b - a for a, b in zip(lrs, lrs[1:])) < 0.1  # no jump to the peak
 
 
 def test_out_of_range_regularisers_are_refused(tmp_path):

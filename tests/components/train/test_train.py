@@ -18,7 +18,7 @@ import model
 from components.datasets import captions, read_samples, shard_urls
 from components.export.step import ExportOptions, export
 from components.train import step as train_step
-from components.train.checkpoints import MARKER, STATE_FILE
+from components.train.checkpoints import MARKER, STATE_FILE, Checkpoints, load_state
 from components.serve.triton_server import free_port
 from tests.conftest import ROOT
 from model.tokenizer import ClipTokenizer, load_tokenizer
@@ -139,6 +139,32 @@ def test_ctrl_c_stops_training_cleanly_and_the_same_command_resumes(shards, tmp_
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 60 and steps == sorted(set(steps)), steps
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000060"
+
+
+def test_a_killed_budgeted_run_resumes_with_its_schedule_and_the_time_it_had_left(shards, tmp_path):
+    out, budget = tmp_path / "run", 24
+    args = ["train", "--data", shards, "--out", str(out), "--time-budget", f"{budget}s", "--checkpoint-every", "20",
+            "--resume", "latest", *TINY]
+    process = kubeclip(*args)
+    deadline = time.time() + 180
+    while not (out / "checkpoints" / "latest").exists():
+        assert time.time() < deadline and process.poll() is None, "no checkpoint was committed"
+        time.sleep(0.1)
+    time.sleep(budget / 3)
+    process.kill()
+    process.wait()
+    state = load_state(Checkpoints(str(out)).latest())[1]
+    assert state["step"] > state["schedule"]["warmup"] and state["budget_seconds"] < budget, state
+
+    started = time.time()
+    finish(kubeclip(*args))
+    resumed_seconds = time.time() - started
+    lineage = json.loads((out / "lineage.json").read_text())["parameters"]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lineage["warmup"] == state["schedule"]["warmup"]  # warmup is done: the resumed run keeps it
+    assert lineage["steps"] == logged[-1]["step"] > state["step"] and logged[-1]["lr"] < 0.05 * 5e-4  # decayed
+    # the resumed run spends only what the budget had left when the checkpoint was written (plus start-up)
+    assert resumed_seconds < budget - state["budget_seconds"] + 15, (resumed_seconds, state["budget_seconds"])
 
 
 def test_metrics_endpoint_serves_the_named_metrics_while_training(shards, tmp_path):
