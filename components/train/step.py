@@ -199,8 +199,8 @@ class TimeBudget:
         self.marks: list[tuple[int, float]] = []  # (step, time) at the end of the steps the pace is measured over
         self.next_fit = 0.0
 
-    def after_step(self, step: int, schedule: Schedule) -> tuple[int | None, int | None, bool]:
-        """(steps, warmup) of a new fit or (None, None); and whether the budget is spent."""
+    def after_step(self, step: int, schedule: Schedule) -> tuple[Schedule | None, bool]:
+        """`schedule` refitted, or None when it is not time to; and whether the budget is spent."""
         now = time.time()
         decision = torch.zeros(3, dtype=torch.float64, device=self.device)  # steps, warmup, stop
         since = None  # the (step, time) the pace is measured from, when it is time to fit
@@ -221,7 +221,7 @@ class TimeBudget:
         if self.world_size > 1:
             dist.broadcast(decision, 0)
         steps, warmup, stop = (int(v) for v in decision.tolist())
-        return (steps or None), (warmup or None), bool(stop)
+        return (schedule.refit(step, steps, warmup) if steps else None), bool(stop)
 
 
 def build_model(opts: TrainOptions) -> model.CLIP:
@@ -343,8 +343,8 @@ def train(opts: TrainOptions) -> dict:
     checkpoints = Checkpoints(opts.out)
 
     start, batches_done, skipped_total, budget_start = 0, 0, 0, started
-    schedule = Schedule(opts.lr, opts.warmup, opts.steps)
-    calibrating = budget is not None  # until the first steps are timed, the total is open
+    # a budgeted run's schedule is open until its pace is known (the learning rate stays ~0 meanwhile)
+    schedule = Schedule(opts.lr, OPEN, OPEN) if budget is not None else Schedule(opts.lr, opts.warmup, opts.steps)
     resume_from = checkpoints.latest() if opts.resume == "latest" else opts.resume
     if resume_from:
         weights, state = load_state(resume_from)
@@ -356,10 +356,7 @@ def train(opts: TrainOptions) -> dict:
         torch.set_rng_state(state["rng"])
         if budget is not None and "schedule" in state:  # a budgeted run goes on with its schedule and spent time
             schedule = Schedule(**state["schedule"])
-            calibrating = schedule.steps == OPEN
             budget_start -= state["budget_seconds"]
-    if calibrating:
-        schedule = Schedule(opts.lr, OPEN, OPEN)  # open until the pace is known: the learning rate stays ~0
     opts = replace(opts, steps=schedule.steps, warmup=schedule.warmup,
                    word_dropout=0.0 if clip.text_tower_frozen else opts.word_dropout)
 
@@ -381,7 +378,7 @@ def train(opts: TrainOptions) -> dict:
     global_batch = opts.batch_size * env.world_size * opts.accum_steps
     nonfinite, record = 0, {}
     clock = TimeBudget(budget, budget_start, opts.warmup_fraction, env.device, env.world_size) if budget else None
-    progress = tqdm(total=None if calibrating else opts.steps, initial=start, unit="step",
+    progress = tqdm(total=None if schedule.steps == OPEN else opts.steps, initial=start, unit="step",
                     disable=not env.main or None, mininterval=1)
     net.train()
     step = start
@@ -425,10 +422,9 @@ def train(opts: TrainOptions) -> dict:
         elapsed = time.time() - step_start
 
         if clock is not None:
-            steps, warmup, spent = clock.after_step(step, schedule)
-            if steps:
-                schedule = schedule.refit(step, steps, warmup)
-                opts, calibrating = replace(opts, steps=schedule.steps, warmup=schedule.warmup), False
+            refitted, spent = clock.after_step(step, schedule)
+            if refitted:
+                schedule, opts = refitted, replace(opts, steps=refitted.steps, warmup=refitted.warmup)
                 progress.total = opts.steps
             if spent and step < opts.steps:  # slower than measured: stop at the budget all the same
                 opts = replace(opts, steps=step)

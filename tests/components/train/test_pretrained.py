@@ -189,9 +189,8 @@ def budgeted_run(monkeypatch, seconds_of_step, budget: float) -> tuple[list[floa
         step += 1
         lrs.append(schedule.at(step))
         now += seconds_of_step(step)
-        steps, warmup, spent = clock.after_step(step, schedule)
-        if steps:
-            schedule = schedule.refit(step, steps, warmup)
+        refitted, spent = clock.after_step(step, schedule)
+        schedule = refitted or schedule
         if spent:
             break
     return lrs, schedule, now
