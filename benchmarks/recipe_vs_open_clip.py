@@ -62,8 +62,8 @@ against open_clip, with issue 9's goals (scratch >= 1.1x on text->image R@10 and
 A --work folder that holds the prepared data needs no raw data (a machine without ../shared/data: carry the
 prepared flickr8k/ and cifar10/ folders). The table ends with the differences paired by seed (each seed's runs
 of the contestants come one right after the other) and their standard error: how far the seed means could be
-from the long-run ones. benchmarks/results/recipe_vs_open_clip_seeds.json holds seeds 0-11 of the recipe as
-it stands (stops 19-22 and 25).
+from the long-run ones. benchmarks/results/recipe_vs_open_clip_seeds.json holds seeds 0-13 of the recipe as
+it stands (stops 19-26), recipe_vs_open_clip_tiny_rn.json seeds 0-3 with --model tiny-rn (stop 27).
 
 Nothing is downloaded: data from ../shared/data (Flickr8k, CIFAR-10 test), MiniLM from its installed package.
 """

@@ -1,4 +1,6 @@
-"""Training-step throughput on the CPU: kubeclip's CLIP vs open_clip's CLIP, same config, same weights.
+"""Training-step throughput on the CPU: kubeclip's CLIP as the trainer runs it (a ResNet image tower in
+channels-last memory) vs open_clip's CLIP, same config, same weights; or, with `--baseline contiguous`, vs
+kubeclip's own CLIP left in contiguous memory (what channels-last gains).
 
 One training step is forward, the symmetric CLIP cross-entropy loss, backward and an AdamW step.
 Both models are built from the same open_clip-format config dict, open_clip's gets our initial
@@ -10,6 +12,7 @@ samples/s over rounds and the ratio ours / open_clip (goal: >= 1.0), with the pe
     python benchmarks/train_step_throughput.py                # the default comparison, a few minutes on 2 cores
     python benchmarks/train_step_throughput.py --profile      # where the time goes, op by op
     python benchmarks/train_step_throughput.py --models tiny-vit:64 --rounds 9
+    python benchmarks/train_step_throughput.py --models tiny-rn:128 --baseline contiguous   # channels-last's gain
 
 Nothing is downloaded: both models start from random weights.
 """
@@ -41,13 +44,17 @@ CAPTIONS = [
 ]
 
 
-def build_pair(name: str) -> dict[str, torch.nn.Module]:
-    """Our CLIP and open_clip's, from the same config dict and holding the same initial weights."""
+def build_pair(name: str, baseline: str) -> dict[str, torch.nn.Module]:
+    """Our CLIP as the trainer runs it (channels-last ResNet towers) and the baseline, holding the same initial
+    weights: open_clip's CLIP from the same config dict, or ours in contiguous memory."""
     ours = model.build(name)
-    cfg = model.get_config(name).to_dict()
-    theirs = open_clip.model.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=cfg["quick_gelu"])
+    if baseline == "contiguous":
+        theirs = model.build(name)
+    else:
+        cfg = model.get_config(name).to_dict()
+        theirs = open_clip.model.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=cfg["quick_gelu"])
     theirs.load_state_dict(ours.state_dict())
-    return {"ours": ours.train(), "open_clip": theirs.train()}
+    return {"ours": ours.channels_last().train(), baseline: theirs.train()}
 
 
 def make_batch(name: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,24 +103,24 @@ def timed_round(nets, opts, images, ids, args) -> dict[str, float]:
 
 def benchmark(name: str, batch: int, args) -> dict[str, list[float]]:
     """Samples/s of both models, one value per round."""
-    nets = build_pair(name)
+    nets = build_pair(name, args.baseline)
     opts = {k: torch.optim.AdamW(n.parameters(), lr=1e-4) for k, n in nets.items()}
     images, ids = make_batch(name, batch)
     with torch.no_grad():  # same weights and inputs must give the same loss, or the comparison is void
         first = {k: clip_loss(*n(images, ids)[:3]).item() for k, n in nets.items()}
-    print(f"{name} (batch {batch}): initial loss ours {first['ours']:.6f}, open_clip {first['open_clip']:.6f}")
+    print(f"{name} (batch {batch}): initial loss " + ", ".join(f"{k} {loss:.6f}" for k, loss in first.items()))
     rates = {k: [] for k in nets}
     for r in range(args.rounds):
         for k, rate in timed_round(nets, opts, images, ids, args).items():
             rates[k].append(rate)
-        print(f"  round {r + 1}/{args.rounds}: ours {rates['ours'][-1]:7.2f}  "
-              f"open_clip {rates['open_clip'][-1]:7.2f} samples/s", flush=True)
+        print(f"  round {r + 1}/{args.rounds}: " + "  ".join(f"{k} {v[-1]:7.2f}" for k, v in rates.items())
+              + " samples/s", flush=True)
     return rates
 
 
 def profile_model(name: str, batch: int, args) -> None:
     """The forward/backward/optimizer split and the top ops by self CPU time, for each model."""
-    nets = build_pair(name)
+    nets = build_pair(name, args.baseline)
     images, ids = make_batch(name, batch)
     for key, net in nets.items():
         opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
@@ -149,6 +156,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--models", nargs="+", type=model_spec, default=[("tiny-vit", 32), ("ViT-B-32", 8)],
                    metavar="NAME:BATCH", help="built-in model names (or config JSON paths) with their batch sizes "
                    "(default: tiny-vit:32 ViT-B-32:8)")
+    p.add_argument("--baseline", choices=["open_clip", "contiguous"], default="open_clip",
+                   help="what ours is measured against: open_clip's CLIP, or ours with its ResNet image tower in "
+                        "contiguous memory, not channels-last as the trainer runs it (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5,
                    help="rounds per model pair; the median over rounds is reported (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1,
@@ -178,12 +188,13 @@ def main() -> None:
     print(f"\nmedian training-step throughput (samples/s), {torch.get_num_threads()} threads, {args.rounds} rounds; "
           f"each: {args.warmup} warm step(s) per model, then interleaved timed steps, "
           f">= {args.steps} and >= {args.min_seconds:g} s per model")
-    print(f"{'model':<12} {'batch':>5} {'ours':>12} {'open_clip':>12} {'ours/open_clip':>15}  "
+    base = args.baseline
+    print(f"{'model':<12} {'batch':>5} {'ours':>12} {base:>12} {'ours/' + base:>17}  "
           "per-round ratio: median (min..max)")
     for (name, batch), rates in results.items():
-        ours, theirs = statistics.median(rates["ours"]), statistics.median(rates["open_clip"])
-        paired = [a / b for a, b in zip(rates["ours"], rates["open_clip"])]  # same round: same machine load
-        print(f"{name:<12} {batch:>5} {ours:>10.2f}/s {theirs:>10.2f}/s {ours / theirs:>15.3f}  "
+        ours, theirs = statistics.median(rates["ours"]), statistics.median(rates[base])
+        paired = [a / b for a, b in zip(rates["ours"], rates[base])]  # same round: same machine load
+        print(f"{name:<12} {batch:>5} {ours:>10.2f}/s {theirs:>10.2f}/s {ours / theirs:>17.3f}  "
               f"{statistics.median(paired):.3f} ({min(paired):.2f}..{max(paired):.2f})")
 
 

@@ -328,7 +328,7 @@ def train(opts: TrainOptions) -> dict:
                          f"with --loss {opts.loss}")
     env = init_distributed()
     torch.manual_seed(opts.seed)
-    clip = build_model(opts).to(env.device)
+    clip = build_model(opts).to(env.device).channels_last()
     clip.set_grad_checkpointing(opts.grad_checkpointing)
     loss_fn = (SigLipLoss(env.rank, env.world_size) if opts.loss == "siglip"
                else ClipLoss(env.rank, env.world_size, opts.label_smoothing)).to(env.device)

@@ -66,6 +66,17 @@ def test_text_features_do_not_depend_on_padding_or_batch():
     assert torch.allclose(alone, batch, atol=1e-5) and torch.allclose(batch, less_padding, atol=1e-5)
 
 
+def test_channels_last_changes_the_layout_not_the_features_or_the_weights():
+    clip = model.build("tiny-rn").eval()
+    images = torch.randn(4, 3, clip.image_size, clip.image_size)
+    with torch.no_grad():
+        before, weights = clip.encode_image(images), {k: v.clone() for k, v in clip.state_dict().items()}
+        after = clip.channels_last().encode_image(images)
+    assert clip.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(before, after, atol=1e-5)
+    assert all(torch.equal(v, clip.state_dict()[k]) for k, v in weights.items())
+
+
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
 def test_gradient_checkpointing_gives_the_same_gradients(name):
     torch.manual_seed(0)
