@@ -52,7 +52,8 @@ def build_pair(name: str, baseline: str) -> dict[str, torch.nn.Module]:
         theirs = model.build(name)
     else:
         cfg = model.get_config(name).to_dict()
-        theirs = open_clip.model.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=cfg["quick_gelu"])
+        theirs = open_clip.model.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"],
+                                      quick_gelu=cfg["quick_gelu"])
     theirs.load_state_dict(ours.state_dict())
     return {"ours": ours.channels_last().train(), baseline: theirs.train()}
 

@@ -106,7 +106,8 @@ class CLIP(nn.Module):
 
     def channels_last(self) -> CLIP:
         """Channels-last weights for a ResNet image tower: its convolutions then run faster (oneDNN on CPUs,
-        tensor cores on GPUs) and hand the layout on to their outputs. A ViT, one patch convolution, is left as it is."""
+        tensor cores on GPUs) and hand the layout on to their outputs. A ViT, one patch convolution, is left
+        as it is."""
         if isinstance(self.visual, ModifiedResNet):
             self.visual.to(memory_format=torch.channels_last)
         return self
