@@ -1,6 +1,8 @@
 """Training-step throughput on the CPU: kubeclip's CLIP as the trainer runs it (a ResNet image tower in
 channels-last memory) vs open_clip's CLIP, same config, same weights; or, with `--baseline contiguous`, vs
-kubeclip's own CLIP left in contiguous memory (what channels-last gains).
+kubeclip's own CLIP left in contiguous memory (what channels-last gains); or, with `--baseline no-slip`,
+kubeclip's step with SLIP's views and loss (the recipe's default for a ViT image tower) vs the same CLIP
+without them (what SLIP costs).
 
 One training step is forward, the symmetric CLIP cross-entropy loss, backward and an AdamW step.
 Both models are built from the same open_clip-format config dict, open_clip's gets our initial
@@ -13,6 +15,7 @@ samples/s over rounds and the ratio ours / open_clip (goal: >= 1.0), with the pe
     python benchmarks/train_step_throughput.py --profile      # where the time goes, op by op
     python benchmarks/train_step_throughput.py --models tiny-vit:64 --rounds 9
     python benchmarks/train_step_throughput.py --models tiny-rn:128 --baseline contiguous   # channels-last's gain
+    python benchmarks/train_step_throughput.py --models tiny-vit:128 --baseline no-slip     # SLIP's cost
 
 Nothing is downloaded: both models start from random weights.
 """
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import model
+from components.train.slip import Slip
 
 PHASES = ("forward + loss", "backward", "optimizer")
 CAPTIONS = [
@@ -46,8 +50,13 @@ CAPTIONS = [
 
 def build_pair(name: str, baseline: str) -> dict[str, torch.nn.Module]:
     """Our CLIP as the trainer runs it (channels-last ResNet towers) and the baseline, holding the same initial
-    weights: open_clip's CLIP from the same config dict, or ours in contiguous memory."""
+    weights: open_clip's CLIP from the same config dict, ours in contiguous memory, or ours without SLIP (then
+    ours trains with it, weighted 1, on 64 images of the batch as the trainer does)."""
     ours = model.build(name)
+    if baseline == "no-slip":
+        theirs = model.build(name)
+        theirs.load_state_dict(ours.state_dict())
+        return {"ours": Slip(ours, 1.0, 64).train(), baseline: theirs.train()}
     if baseline == "contiguous":
         theirs = model.build(name)
     else:
@@ -76,8 +85,8 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
 def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, ids: torch.Tensor) -> None:
     """One step; the record_function labels let the profiler split its time into PHASES."""
     with record_function("phase: forward + loss"):
-        out = net(images, ids)  # ours: CLIPOutput, open_clip: a plain tuple; both (image, text, scale)
-        loss = clip_loss(out[0], out[1], out[2])
+        out = net(images, ids)  # ours: CLIPOutput (or SlipOutput), open_clip: a plain tuple; (image, text, scale)
+        loss = clip_loss(out[0], out[1], out[2]) + getattr(out, "ssl_loss", 0.0)
     with record_function("phase: backward"):
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -157,9 +166,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--models", nargs="+", type=model_spec, default=[("tiny-vit", 32), ("ViT-B-32", 8)],
                    metavar="NAME:BATCH", help="built-in model names (or config JSON paths) with their batch sizes "
                    "(default: tiny-vit:32 ViT-B-32:8)")
-    p.add_argument("--baseline", choices=["open_clip", "contiguous"], default="open_clip",
-                   help="what ours is measured against: open_clip's CLIP, or ours with its ResNet image tower in "
-                        "contiguous memory, not channels-last as the trainer runs it (default: %(default)s)")
+    p.add_argument("--baseline", choices=["open_clip", "contiguous", "no-slip"], default="open_clip",
+                   help="what ours is measured against: open_clip's CLIP, ours with its ResNet image tower in "
+                        "contiguous memory, not channels-last as the trainer runs it, or ours without SLIP "
+                        "(then ours trains with it) (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5,
                    help="rounds per model pair; the median over rounds is reported (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1,

@@ -194,8 +194,12 @@ class CLIP(nn.Module):
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> CLIPOutput:
         """`text`: token ids [B, L], or the pooled text tower output [B, width] (floating point) computed
         beforehand, as a locked tower's feature cache gives; then only the projection runs."""
+        return self.output(self.encode_image(images), text)
+
+    def output(self, image_embeddings: torch.Tensor, text: torch.Tensor) -> CLIPOutput:
+        """`forward`'s result from image embeddings computed elsewhere (SLIP's training, with its extra views)."""
         pooled = text if text.is_floating_point() else self.pool_text(text)
-        return CLIPOutput(self.encode_image(images, normalize=True), F.normalize(self.project_text(pooled), dim=-1),
+        return CLIPOutput(F.normalize(image_embeddings, dim=-1), F.normalize(self.project_text(pooled), dim=-1),
                           self.logit_scale.exp())
 
 

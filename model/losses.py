@@ -1,4 +1,5 @@
-"""Contrastive losses over the global batch: CLIP's symmetric cross-entropy and SigLIP's sigmoid loss.
+"""Contrastive losses over the global batch: CLIP's symmetric cross-entropy and SigLIP's sigmoid loss; and SimCLR's
+loss over one process's image views, which SLIP adds to CLIP's.
 
 A loss takes `(image_features, text_features, logit_scale)` from this process and gathers the other
 processes' features with gradients, so N processes of B pairs train exactly like one of N x B.
@@ -76,3 +77,19 @@ class SigLipLoss(nn.Module):
         labels[:, self.rank * batch:(self.rank + 1) * batch].fill_diagonal_(1.0)
         # normalised by the global batch so that DDP's mean over processes gives the full-batch loss
         return -F.logsigmoid(labels * logits).sum() / batch
+
+
+class SimCLRLoss(nn.Module):
+    """SimCLR's NT-Xent (Chen et al. 2020): rows 2i and 2i+1 are two views of one image, and each row must pick its
+    twin out of the other rows, at temperature 0.1 (SLIP's). Over this process's rows only: the views are a
+    regulariser of the image tower, not the contrastive batch, and need no gather."""
+
+    def __init__(self, temperature: float = 0.1):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(embeddings, dim=-1)
+        logits = (z @ z.T / self.temperature).fill_diagonal_(float("-inf"))
+        twins = torch.arange(z.shape[0], device=z.device) ^ 1
+        return F.cross_entropy(logits, twins)

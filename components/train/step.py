@@ -28,9 +28,11 @@ from components.options import option
 from components.train import data
 from components.train.checkpoints import Checkpoints, load_state
 from components.train.metrics import TrainMetrics
+from components.train.slip import Slip
 from components.train.text_cache import TextFeatureCache
 from model import hf_text
 from model.losses import ClipLoss, SigLipLoss
+from model.transformer import VisionTransformer
 from model.tokenizer import ClipTokenizer, fit_merges
 
 MAX_LOGIT_SCALE = math.log(100)
@@ -67,6 +69,11 @@ class TrainOptions:
                                 "their captions so each pair stays true (off in the recipe: measured no gain, README)")
     word_dropout: float = option(0.1, "augmentation: drop each caption word with this probability, keeping one "
                                       "at least (not with a locked text tower: it learns nothing from it)")
+    ssl_scale: float = option(1.0, "SLIP: add SimCLR's loss on two augmented views of each image, weighted by this "
+                                   "(0: off); only where both towers train and the image tower is a ViT (measured: "
+                                   "README)")
+    ssl_images: int = option(64, "SLIP: the images of each micro-batch that get two views (each view costs an "
+                                 "image-tower pass)")
     split: str = option("train", "the data split to train on")
     workers: int = option(2, "data loader processes per training process")
     shuffle_buffer: int = option(1000, "samples held for shuffling in each loader process")
@@ -280,7 +287,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def train_step(clip, loss_fn, batches, dtype, device, no_sync, shared: list[torch.nn.Parameter]) -> torch.Tensor:
+def train_step(net, loss_fn, batches, dtype, device, no_sync, shared: list[torch.nn.Parameter]) -> torch.Tensor:
     """Forward and backward over k micro-batches with the contrastive batch spanning all of them.
 
     With k > 1, features of every micro-batch are first computed without gradients; then each
@@ -288,28 +295,35 @@ def train_step(clip, loss_fn, batches, dtype, device, no_sync, shared: list[torc
     Summed, the k backward passes give exactly the gradient of one batch of k x B: each feature
     receives its gradient once, so the loss is not divided by k. The `shared` parameters (logit
     scale, loss bias) take part in every one of the k losses, whose values are all the same, so
-    their summed gradient is k times the true one and is divided by k.
+    their summed gradient is k times the true one and is divided by k. SLIP's loss (`ssl_loss` of a `Slip`'s
+    output) is each micro-batch's own: it is added to that micro-batch's loss, divided by k.
     """
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     if len(batches) == 1:
         images, ids = batches[0]
         with autocast:
-            loss = loss_fn(*clip(images, ids))
+            output = net(images, ids)
+            loss = loss_fn(*output[:3]) + ssl_loss(output)
         loss.backward()
         return loss.detach()
     with torch.no_grad(), autocast:
-        cached = [clip(images, ids) for images, ids in batches]
+        cached = [net(images, ids) for images, ids in batches]
     for j, (images, ids) in enumerate(batches):
         sync = contextlib.nullcontext() if j == len(batches) - 1 else no_sync()
         with sync, autocast:
-            fresh = clip(images, ids)
+            fresh = net(images, ids)
             image_features = torch.cat([fresh[0] if i == j else c[0] for i, c in enumerate(cached)])
             text_features = torch.cat([fresh[1] if i == j else c[1] for i, c in enumerate(cached)])
-            loss = loss_fn(image_features, text_features, fresh[2])
+            loss = loss_fn(image_features, text_features, fresh[2]) + ssl_loss(fresh) / len(batches)
         loss.backward()
     for param in shared:
         param.grad /= len(batches)
     return loss.detach()
+
+
+def ssl_loss(output) -> torch.Tensor | float:
+    """SLIP's weighted SimCLR loss in a training output; 0 for a plain CLIP's."""
+    return getattr(output, "ssl_loss", 0.0)
 
 
 def train(opts: TrainOptions) -> dict:
@@ -328,17 +342,24 @@ def train(opts: TrainOptions) -> dict:
     if not 0 <= opts.label_smoothing < 1 or (opts.label_smoothing and opts.loss != "clip"):
         raise SystemExit(f"--label-smoothing must be in [0, 1) and goes with --loss clip, not {opts.label_smoothing} "
                          f"with --loss {opts.loss}")
+    if opts.ssl_scale < 0 or opts.ssl_images < 1:
+        raise SystemExit(f"--ssl-scale must be 0 (off) or more and --ssl-images 1 or more, not {opts.ssl_scale} and "
+                         f"{opts.ssl_images}")
     env = init_distributed()
     torch.manual_seed(opts.seed)
     clip = build_model(opts).to(env.device).channels_last()
     clip.set_grad_checkpointing(opts.grad_checkpointing)
+    if (clip.text_tower_frozen or not isinstance(clip.visual, VisionTransformer)
+            or not any(p.requires_grad for p in clip.visual.parameters())):
+        opts = replace(opts, ssl_scale=0.0)  # SLIP's views: for a ViT image tower learning beside a text tower
+    trainee = Slip(clip, opts.ssl_scale, opts.ssl_images, opts.seed).to(env.device) if opts.ssl_scale else clip
     loss_fn = (SigLipLoss(env.rank, env.world_size) if opts.loss == "siglip"
                else ClipLoss(env.rank, env.world_size, opts.label_smoothing)).to(env.device)
     if opts.loss == "siglip":
         with torch.no_grad():
             clip.logit_scale.fill_(math.log(10))  # SigLIP starts its temperature at 10
-    optimizer = torch.optim.AdamW(param_groups(clip, opts.weight_decay) + [{"params": list(loss_fn.parameters()),
-                                                                              "weight_decay": 0.0}],
+    optimizer = torch.optim.AdamW(param_groups(trainee, opts.weight_decay) + [{"params": list(loss_fn.parameters()),
+                                                                                "weight_decay": 0.0}],
                                   lr=opts.lr, betas=(opts.beta1, opts.beta2), eps=opts.eps)
     dtype = autocast_dtype(opts.precision, env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
@@ -351,6 +372,12 @@ def train(opts: TrainOptions) -> dict:
     if resume_from:
         weights, state = load_state(resume_from)
         clip.load_state_dict(weights)
+        if ("slip_head" in state) != (trainee is not clip):
+            was, now = ("with", "without") if "slip_head" in state else ("without", "with")
+            raise SystemExit(f"{resume_from} was trained {was} SLIP and this run is set up {now} it: resume with the "
+                             "--ssl-scale it was trained with (its lineage.json has it)")
+        if trainee is not clip:
+            trainee.head.load_state_dict(state["slip_head"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         loss_fn.load_state_dict(state["loss"])
@@ -362,9 +389,9 @@ def train(opts: TrainOptions) -> dict:
     opts = replace(opts, steps=schedule.steps, warmup=schedule.warmup,
                    word_dropout=0.0 if clip.text_tower_frozen else opts.word_dropout)
 
-    net = clip
+    net = trainee
     if env.world_size > 1:
-        net = DistributedDataParallel(clip, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        net = DistributedDataParallel(trainee, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     if opts.compile:
         net = torch.compile(net)
     no_sync = net.no_sync if isinstance(net, DistributedDataParallel) else contextlib.nullcontext
@@ -397,6 +424,8 @@ def train(opts: TrainOptions) -> dict:
         micro = [(images.to(env.device, non_blocking=True), text.to(env.device, non_blocking=True))
                  for images, text in micro]
         batches_done += opts.accum_steps
+        if trainee is not clip:
+            trainee.start_step(step)
 
         loss = train_step(net, loss_fn, micro, dtype, env.device, no_sync, shared)
         finite = torch.isfinite(loss).float()
@@ -415,7 +444,7 @@ def train(opts: TrainOptions) -> dict:
             nonfinite = 0
             scaler.unscale_(optimizer)
             if opts.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(clip.parameters(), opts.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainee.parameters(), opts.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -444,6 +473,8 @@ def train(opts: TrainOptions) -> dict:
             state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "loss": loss_fn.state_dict(),
                      "step": step, "batches": batches_done, "skipped": skipped_total, "rng": torch.get_rng_state(),
                      "schedule": asdict(schedule), "budget_seconds": time.time() - budget_start}
+            if trainee is not clip:
+                state["slip_head"] = trainee.head.state_dict()
             if env.main:
                 checkpoints.save(clip, state, step, opts.keep_last)
                 metrics.checkpoint_done()
