@@ -44,7 +44,7 @@ class Slip(nn.Module):
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                                   nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                                   nn.Linear(hidden, clip.config.embed_dim))
-        self.ssl_loss = SimCLRLoss()
+        self.simclr = SimCLRLoss()
 
     def start_step(self, step: int) -> None:
         """Seed the views by (seed, step): a resumed run draws the views an uninterrupted one would have."""
@@ -58,7 +58,7 @@ class Slip(nn.Module):
             views = two_views(images[:self.images], self.generator)
         pooled = self.clip.visual.pool(torch.cat([images, views]))
         output = self.clip.output(pooled[:batch] @ self.clip.visual.proj, text)
-        return SlipOutput(*output, self.scale * self.ssl_loss(self.head(pooled[batch:])))
+        return SlipOutput(*output, self.scale * self.simclr(self.head(pooled[batch:])))
 
 
 def two_views(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
