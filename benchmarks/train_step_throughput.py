@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import model
-from components.train.slip import Slip
+from components.train.slip import Slip, ssl_loss
 
 PHASES = ("forward + loss", "backward", "optimizer")
 CAPTIONS = [
@@ -86,7 +86,7 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.T
     """One step; the record_function labels let the profiler split its time into PHASES."""
     with record_function("phase: forward + loss"):
         out = net(images, ids)  # ours: CLIPOutput (or SlipOutput), open_clip: a plain tuple; (image, text, scale)
-        loss = clip_loss(out[0], out[1], out[2]) + getattr(out, "ssl_loss", 0.0)
+        loss = clip_loss(out[0], out[1], out[2]) + ssl_loss(out)
     with record_function("phase: backward"):
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -61,6 +61,11 @@ class Slip(nn.Module):
         return SlipOutput(*output, self.scale * self.simclr(self.head(pooled[batch:])))
 
 
+def ssl_loss(output: tuple) -> torch.Tensor | float:
+    """SLIP's weighted SimCLR loss in a training output; 0 for a plain CLIP's."""
+    return getattr(output, "ssl_loss", 0.0)
+
+
 def two_views(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """[B, 3, H, W] normalised images -> [2B, ...]: rows 2i and 2i+1 are two views of image i. Each view is a
     random crop of 8-100% of the area (aspect 3/4-4/3) resized back, mirrored half the time, colour-jittered

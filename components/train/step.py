@@ -28,7 +28,7 @@ from components.options import option
 from components.train import data
 from components.train.checkpoints import Checkpoints, load_state
 from components.train.metrics import TrainMetrics
-from components.train.slip import Slip
+from components.train.slip import Slip, ssl_loss
 from components.train.text_cache import TextFeatureCache
 from model import hf_text
 from model.losses import ClipLoss, SigLipLoss
@@ -319,11 +319,6 @@ def train_step(net, loss_fn, batches, dtype, device, no_sync, shared: list[torch
     for param in shared:
         param.grad /= len(batches)
     return loss.detach()
-
-
-def ssl_loss(output) -> torch.Tensor | float:
-    """SLIP's weighted SimCLR loss in a training output; 0 for a plain CLIP's."""
-    return getattr(output, "ssl_loss", 0.0)
 
 
 def train(opts: TrainOptions) -> dict:
