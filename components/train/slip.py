@@ -31,11 +31,11 @@ class SlipOutput(NamedTuple):
 
 class Slip(nn.Module):
     """Trains `clip`, a ViT image tower's CLIP (kept as `.clip`, so its checkpoint is the plain CLIP's), with
-    SimCLR's loss on two views of the first `images` images of each batch, weighted by `scale`, through an MLP
-    head on the image tower's pooled output (SLIP's three layers, 4x the tower's width).
+    SimCLR's loss at `temperature` on two views of the first `images` images of each batch, weighted by `scale`,
+    through an MLP head on the image tower's pooled output (SLIP's three layers, 4x the tower's width).
     """
 
-    def __init__(self, clip: CLIP, scale: float, images: int, seed: int = 0):
+    def __init__(self, clip: CLIP, scale: float, images: int, seed: int = 0, temperature: float = 0.1):
         super().__init__()
         self.clip, self.scale, self.images, self.seed = clip, scale, images, seed
         self.generator = torch.Generator()
@@ -44,7 +44,7 @@ class Slip(nn.Module):
         self.head = nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                                   nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                                   nn.Linear(hidden, clip.config.embed_dim))
-        self.simclr = SimCLRLoss()
+        self.simclr = SimCLRLoss(temperature)
 
     def start_step(self, step: int) -> None:
         """Seed the views by (seed, step): a resumed run draws the views an uninterrupted one would have."""

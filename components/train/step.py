@@ -74,6 +74,8 @@ class TrainOptions:
                                    "README)")
     ssl_images: int = option(64, "SLIP: the images of each micro-batch that get two views (each view costs an "
                                  "image-tower pass)")
+    ssl_temperature: float = option(0.1, "SLIP: SimCLR's temperature (SLIP's 0.1; 0.2 read higher CIFAR-10 in a "
+                                         "short screen, README)")
     split: str = option("train", "the data split to train on")
     workers: int = option(2, "data loader processes per training process")
     shuffle_buffer: int = option(1000, "samples held for shuffling in each loader process")
@@ -340,6 +342,9 @@ def train(opts: TrainOptions) -> dict:
     if opts.ssl_scale < 0 or opts.ssl_images < 1:
         raise SystemExit(f"--ssl-scale must be 0 (off) or more and --ssl-images 1 or more, not {opts.ssl_scale} and "
                          f"{opts.ssl_images}")
+    if opts.ssl_temperature <= 0:
+        raise SystemExit(f"--ssl-temperature must be above 0 (SimCLR's logits are divided by it), not "
+                         f"{opts.ssl_temperature}")
     env = init_distributed()
     torch.manual_seed(opts.seed)
     clip = build_model(opts).to(env.device).channels_last()
@@ -347,7 +352,8 @@ def train(opts: TrainOptions) -> dict:
     if (clip.text_tower_frozen or not isinstance(clip.visual, VisionTransformer)
             or not any(p.requires_grad for p in clip.visual.parameters())):
         opts = replace(opts, ssl_scale=0.0)  # SLIP's views: for a ViT image tower learning beside a text tower
-    trainee = Slip(clip, opts.ssl_scale, opts.ssl_images, opts.seed).to(env.device) if opts.ssl_scale else clip
+    trainee = (Slip(clip, opts.ssl_scale, opts.ssl_images, opts.seed, opts.ssl_temperature).to(env.device)
+               if opts.ssl_scale else clip)
     loss_fn = (SigLipLoss(env.rank, env.world_size) if opts.loss == "siglip"
                else ClipLoss(env.rank, env.world_size, opts.label_smoothing)).to(env.device)
     if opts.loss == "siglip":

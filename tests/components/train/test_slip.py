@@ -44,6 +44,7 @@ def test_simclr_loss_rewards_finding_the_twin_view():
     assert loss(pairs) < 0.5 < loss(torch.randn(16, 16))
     shuffled = pairs[torch.tensor([(i + 2) % 16 if i % 2 else i for i in range(16)])]  # twins: different images
     assert loss(shuffled) > loss(torch.randn(16, 16))
+    assert SimCLRLoss(0.2)(pairs) > loss(pairs)  # a warmer temperature asks less confidence of the twins
 
 
 def test_a_slip_run_resumes_to_the_same_weights_and_saves_a_plain_clip(shards, tmp_path):
@@ -101,7 +102,8 @@ def test_resuming_with_slip_switched_says_how_to_resume(shards, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [(dict(ssl_scale=-1.0), "--ssl-scale must be 0"),
-                                                (dict(ssl_images=0), "--ssl-images 1 or more")])
+                                                (dict(ssl_images=0), "--ssl-images 1 or more"),
+                                                (dict(ssl_temperature=0.0), "--ssl-temperature must be above 0")])
 def test_out_of_range_slip_options_are_refused(tmp_path, overrides, message):
     with pytest.raises(SystemExit, match=message):
         train(TrainOptions(data="unused", out=str(tmp_path / "run"), steps=1, **{**BASE, **overrides}))
