@@ -74,8 +74,8 @@ class TrainOptions:
                                    "README)")
     ssl_images: int = option(64, "SLIP: the images of each micro-batch that get two views (each view costs an "
                                  "image-tower pass)")
-    ssl_temperature: float = option(0.1, "SLIP: SimCLR's temperature (SLIP's 0.1; 0.2 read higher CIFAR-10 in a "
-                                         "short screen, README)")
+    ssl_temperature: float = option(0.1, "SLIP: SimCLR's temperature (SLIP's 0.1; 0.2 measured within a seed's "
+                                         "noise of it, README)")
     split: str = option("train", "the data split to train on")
     workers: int = option(2, "data loader processes per training process")
     shuffle_buffer: int = option(1000, "samples held for shuffling in each loader process")
