@@ -2,7 +2,8 @@
 channels-last memory) vs open_clip's CLIP, same config, same weights; or, with `--baseline contiguous`, vs
 kubeclip's own CLIP left in contiguous memory (what channels-last gains); or, with `--baseline no-slip`,
 kubeclip's step with SLIP's views and loss (the recipe's default for a ViT image tower) vs the same CLIP
-without them (what SLIP costs).
+without them (what SLIP costs); or, with `--baseline foreach`, kubeclip's step as the trainer runs it (fused
+AdamW, SLIP for a ViT) vs the same step with torch's default foreach AdamW (what the fused optimizer gains).
 
 One training step is forward, the symmetric CLIP cross-entropy loss, backward and an AdamW step.
 Both models are built from the same open_clip-format config dict, open_clip's gets our initial
@@ -16,6 +17,7 @@ samples/s over rounds and the ratio ours / open_clip (goal: >= 1.0), with the pe
     python benchmarks/train_step_throughput.py --models tiny-vit:64 --rounds 9
     python benchmarks/train_step_throughput.py --models tiny-rn:128 --baseline contiguous   # channels-last's gain
     python benchmarks/train_step_throughput.py --models tiny-vit:128 --baseline no-slip     # SLIP's cost
+    python benchmarks/train_step_throughput.py --models tiny-vit:128 --baseline foreach     # fused AdamW's gain
 
 Nothing is downloaded: both models start from random weights.
 """
@@ -33,6 +35,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import model
 from components.train.slip import Slip, ssl_loss
+from model.transformer import VisionTransformer
 
 PHASES = ("forward + loss", "backward", "optimizer")
 CAPTIONS = [
@@ -50,20 +53,24 @@ CAPTIONS = [
 
 def build_pair(name: str, baseline: str) -> dict[str, torch.nn.Module]:
     """Our CLIP as the trainer runs it (channels-last ResNet towers) and the baseline, holding the same initial
-    weights: open_clip's CLIP from the same config dict, ours in contiguous memory, or ours without SLIP (then
-    ours trains with it, weighted 1, on 64 images of the batch as the trainer does)."""
+    weights: open_clip's CLIP from the same config dict, ours in contiguous memory, ours without SLIP (then
+    ours trains with it, weighted 1, on 64 images of the batch as the trainer does), or ours again (SLIP on both
+    for a ViT; only the optimizers differ)."""
     ours = model.build(name)
-    if baseline == "no-slip":
-        theirs = model.build(name)
-        theirs.load_state_dict(ours.state_dict())
-        return {"ours": Slip(ours, 1.0, 64).train(), baseline: theirs.train()}
-    if baseline == "contiguous":
-        theirs = model.build(name)
-    else:
+    if baseline == "open_clip":
         cfg = model.get_config(name).to_dict()
         theirs = open_clip.model.CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"],
                                       quick_gelu=cfg["quick_gelu"])
+    else:
+        theirs = model.build(name)
     theirs.load_state_dict(ours.state_dict())
+    if baseline == "no-slip":
+        return {"ours": Slip(ours, 1.0, 64).train(), baseline: theirs.train()}
+    if baseline == "foreach":
+        pair = [n.channels_last() for n in (ours, theirs)]
+        if isinstance(ours.visual, VisionTransformer):
+            pair = [Slip(n, 1.0, 64) for n in pair]
+        return {"ours": pair[0].train(), baseline: pair[1].train()}
     return {"ours": ours.channels_last().train(), baseline: theirs.train()}
 
 
@@ -73,6 +80,13 @@ def make_batch(name: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     ids = model.tokenize([CAPTIONS[i % len(CAPTIONS)] for i in range(batch)])
     return images, ids
+
+
+def make_optimizer(key: str, baseline: str, net: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW as each trainer builds it: fused for ours and for the baselines that ablate something else; torch's
+    default (foreach) for open_clip's trainer and for the foreach baseline."""
+    fused = key == "ours" or baseline in ("contiguous", "no-slip")
+    return torch.optim.AdamW(net.parameters(), lr=1e-4, fused=fused)
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -114,7 +128,7 @@ def timed_round(nets, opts, images, ids, args) -> dict[str, float]:
 def benchmark(name: str, batch: int, args) -> dict[str, list[float]]:
     """Samples/s of both models, one value per round."""
     nets = build_pair(name, args.baseline)
-    opts = {k: torch.optim.AdamW(n.parameters(), lr=1e-4) for k, n in nets.items()}
+    opts = {k: make_optimizer(k, args.baseline, n) for k, n in nets.items()}
     images, ids = make_batch(name, batch)
     with torch.no_grad():  # same weights and inputs must give the same loss, or the comparison is void
         first = {k: clip_loss(*n(images, ids)[:3]).item() for k, n in nets.items()}
@@ -133,7 +147,7 @@ def profile_model(name: str, batch: int, args) -> None:
     nets = build_pair(name, args.baseline)
     images, ids = make_batch(name, batch)
     for key, net in nets.items():
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        opt = make_optimizer(key, args.baseline, net)
         for _ in range(args.warmup):
             train_step(net, opt, images, ids)
         start = time.perf_counter()
@@ -166,10 +180,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--models", nargs="+", type=model_spec, default=[("tiny-vit", 32), ("ViT-B-32", 8)],
                    metavar="NAME:BATCH", help="built-in model names (or config JSON paths) with their batch sizes "
                    "(default: tiny-vit:32 ViT-B-32:8)")
-    p.add_argument("--baseline", choices=["open_clip", "contiguous", "no-slip"], default="open_clip",
+    p.add_argument("--baseline", choices=["open_clip", "contiguous", "no-slip", "foreach"], default="open_clip",
                    help="what ours is measured against: open_clip's CLIP, ours with its ResNet image tower in "
-                        "contiguous memory, not channels-last as the trainer runs it, or ours without SLIP "
-                        "(then ours trains with it) (default: %(default)s)")
+                        "contiguous memory, not channels-last as the trainer runs it, ours without SLIP "
+                        "(then ours trains with it), or ours with torch's default foreach AdamW, not the "
+                        "trainer's fused one (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5,
                    help="rounds per model pair; the median over rounds is reported (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1,
