@@ -387,7 +387,8 @@ def main() -> None:
           f"{args.workers} loader workers, {torch.get_num_threads()} threads; work folder {work}\n"
           f"  kubeclip's recipe: batch {DEFAULTS['batch_size']}, lr {DEFAULTS['lr']}, weight decay "
           f"{DEFAULTS['weight_decay']}, crop scale {DEFAULTS['crop_scale']}, mirroring {DEFAULTS['hflip']}, word dropout "
-          f"{DEFAULTS['word_dropout']}, gradient clip {DEFAULTS['grad_clip']}, SLIP scale {DEFAULTS['ssl_scale']}\n"
+          f"{DEFAULTS['word_dropout']}, gradient clip {DEFAULTS['grad_clip']}, SLIP scale {DEFAULTS['ssl_scale']}, "
+          f"text SSL captions {DEFAULTS['text_ssl_captions']}\n"
           f"  open_clip's defaults: batch {own.batch_size}, lr {own.lr}, weight decay {own.wd}, gradient clip "
           f"{own.grad_clip_norm}", flush=True)
     results, order = [], list(args.contestants)

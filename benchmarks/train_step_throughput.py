@@ -3,7 +3,9 @@ channels-last memory) vs open_clip's CLIP, same config, same weights; or, with `
 kubeclip's own CLIP left in contiguous memory (what channels-last gains); or, with `--baseline no-slip`,
 kubeclip's step with SLIP's views and loss (the recipe's default for a ViT image tower) vs the same CLIP
 without them (what SLIP costs); or, with `--baseline foreach`, kubeclip's step as the trainer runs it (fused
-AdamW, SLIP for a ViT) vs the same step with torch's default foreach AdamW (what the fused optimizer gains).
+AdamW, SLIP for a ViT) vs the same step with torch's default foreach AdamW (what the fused optimizer gains); or,
+with `--baseline no-text-ssl`, kubeclip's step with the captions' contrast (64 second captions in the batch, as
+the trainer's --text-ssl-captions 64 gives) vs the same step without them (what it costs).
 
 One training step is forward, the symmetric CLIP cross-entropy loss, backward and an AdamW step.
 Both models are built from the same open_clip-format config dict, open_clip's gets our initial
@@ -18,6 +20,7 @@ samples/s over rounds and the ratio ours / open_clip (goal: >= 1.0), with the pe
     python benchmarks/train_step_throughput.py --models tiny-rn:128 --baseline contiguous   # channels-last's gain
     python benchmarks/train_step_throughput.py --models tiny-vit:128 --baseline no-slip     # SLIP's cost
     python benchmarks/train_step_throughput.py --models tiny-vit:128 --baseline foreach     # fused AdamW's gain
+    python benchmarks/train_step_throughput.py --models tiny-vit:128 --baseline no-text-ssl # the captions' cost
 
 Nothing is downloaded: both models start from random weights.
 """
@@ -55,7 +58,7 @@ def build_pair(name: str, baseline: str) -> dict[str, torch.nn.Module]:
     """Our CLIP as the trainer runs it (channels-last ResNet towers) and the baseline, holding the same initial
     weights: open_clip's CLIP from the same config dict, ours in contiguous memory, ours without SLIP (then
     ours trains with it, weighted 1, on 64 images of the batch as the trainer does), or ours again (SLIP on both
-    for a ViT; only the optimizers differ)."""
+    for a ViT; only the optimizers, or with no-text-ssl the inputs, differ)."""
     ours = model.build(name)
     if baseline == "open_clip":
         cfg = model.get_config(name).to_dict()
@@ -66,26 +69,31 @@ def build_pair(name: str, baseline: str) -> dict[str, torch.nn.Module]:
     theirs.load_state_dict(ours.state_dict())
     if baseline == "no-slip":
         return {"ours": Slip(ours, 1.0, 64).train(), baseline: theirs.train()}
-    if baseline == "foreach":
+    if baseline in ("foreach", "no-text-ssl"):
+        vit = isinstance(ours.visual, VisionTransformer)
         pair = [n.channels_last() for n in (ours, theirs)]
-        if isinstance(ours.visual, VisionTransformer):
-            pair = [Slip(n, 1.0, 64) for n in pair]
+        if vit or baseline == "no-text-ssl":  # the trainer's wrapper: SLIP's views for a ViT, the captions' loss
+            pair = [Slip(n, 1.0 if vit else 0.0, 64) for n in pair]
         return {"ours": pair[0].train(), baseline: pair[1].train()}
     return {"ours": ours.channels_last().train(), baseline: theirs.train()}
 
 
-def make_batch(name: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed inputs: seeded random images at the config's size, captions of varied length."""
+def make_inputs(name: str, batch: int, baseline: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed inputs of each model: seeded random images at the config's size, captions of varied length; with the
+    no-text-ssl baseline, ours gets a second caption (the next one) for the first 64 images."""
     size = model.get_config(name).vision.image_size
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    ids = model.tokenize([CAPTIONS[i % len(CAPTIONS)] for i in range(batch)])
-    return images, ids
+    texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(batch)]
+    ids = model.tokenize(texts)
+    seconds = model.tokenize([CAPTIONS[(i + 1) % len(CAPTIONS)] for i in range(min(64, batch))])
+    ours = torch.cat([ids, seconds]) if baseline == "no-text-ssl" else ids
+    return {"ours": (images, ours), baseline: (images, ids)}
 
 
 def make_optimizer(key: str, baseline: str, net: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW as each trainer builds it: fused for ours and for the baselines that ablate something else; torch's
     default (foreach) for open_clip's trainer and for the foreach baseline."""
-    fused = key == "ours" or baseline in ("contiguous", "no-slip")
+    fused = key == "ours" or baseline in ("contiguous", "no-slip", "no-text-ssl")
     return torch.optim.AdamW(net.parameters(), lr=1e-4, fused=fused)
 
 
@@ -108,34 +116,35 @@ def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.T
         opt.step()
 
 
-def timed_round(nets, opts, images, ids, args) -> dict[str, float]:
+def timed_round(nets, opts, inputs, args) -> dict[str, float]:
     """Samples/s of each model over one round. After `warmup` untimed steps each (allocator, caches, lazy
     state), the models take timed steps in turn, ABBA order, so a change in machine load hits both alike;
     steps go on until each model has `steps` of them and `min_seconds` of timed work."""
     for key in nets:
         for _ in range(args.warmup):
-            train_step(nets[key], opts[key], images, ids)
+            train_step(nets[key], opts[key], *inputs[key])
     spent, steps = dict.fromkeys(nets, 0.0), 0
     while steps < args.steps or min(spent.values()) < args.min_seconds:
         for key in (list(nets) if steps % 2 == 0 else list(nets)[::-1]):
             start = time.perf_counter()
-            train_step(nets[key], opts[key], images, ids)
+            train_step(nets[key], opts[key], *inputs[key])
             spent[key] += time.perf_counter() - start
         steps += 1
-    return {key: steps * images.shape[0] / seconds for key, seconds in spent.items()}
+    return {key: steps * len(inputs[key][0]) / seconds for key, seconds in spent.items()}
 
 
 def benchmark(name: str, batch: int, args) -> dict[str, list[float]]:
     """Samples/s of both models, one value per round."""
     nets = build_pair(name, args.baseline)
     opts = {k: make_optimizer(k, args.baseline, n) for k, n in nets.items()}
-    images, ids = make_batch(name, batch)
+    inputs = make_inputs(name, batch, args.baseline)
+    images, ids = inputs[args.baseline]
     with torch.no_grad():  # same weights and inputs must give the same loss, or the comparison is void
         first = {k: clip_loss(*n(images, ids)[:3]).item() for k, n in nets.items()}
     print(f"{name} (batch {batch}): initial loss " + ", ".join(f"{k} {loss:.6f}" for k, loss in first.items()))
     rates = {k: [] for k in nets}
     for r in range(args.rounds):
-        for k, rate in timed_round(nets, opts, images, ids, args).items():
+        for k, rate in timed_round(nets, opts, inputs, args).items():
             rates[k].append(rate)
         print(f"  round {r + 1}/{args.rounds}: " + "  ".join(f"{k} {v[-1]:7.2f}" for k, v in rates.items())
               + " samples/s", flush=True)
@@ -145,15 +154,15 @@ def benchmark(name: str, batch: int, args) -> dict[str, list[float]]:
 def profile_model(name: str, batch: int, args) -> None:
     """The forward/backward/optimizer split and the top ops by self CPU time, for each model."""
     nets = build_pair(name, args.baseline)
-    images, ids = make_batch(name, batch)
+    inputs = make_inputs(name, batch, args.baseline)
     for key, net in nets.items():
         opt = make_optimizer(key, args.baseline, net)
         for _ in range(args.warmup):
-            train_step(net, opt, images, ids)
+            train_step(net, opt, *inputs[key])
         start = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(args.profile_steps):
-                train_step(net, opt, images, ids)
+                train_step(net, opt, *inputs[key])
         wall = (time.perf_counter() - start) / args.profile_steps
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
@@ -180,11 +189,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--models", nargs="+", type=model_spec, default=[("tiny-vit", 32), ("ViT-B-32", 8)],
                    metavar="NAME:BATCH", help="built-in model names (or config JSON paths) with their batch sizes "
                    "(default: tiny-vit:32 ViT-B-32:8)")
-    p.add_argument("--baseline", choices=["open_clip", "contiguous", "no-slip", "foreach"], default="open_clip",
+    p.add_argument("--baseline", choices=["open_clip", "contiguous", "no-slip", "foreach", "no-text-ssl"],
+                   default="open_clip",
                    help="what ours is measured against: open_clip's CLIP, ours with its ResNet image tower in "
                         "contiguous memory, not channels-last as the trainer runs it, ours without SLIP "
-                        "(then ours trains with it), or ours with torch's default foreach AdamW, not the "
-                        "trainer's fused one (default: %(default)s)")
+                        "(then ours trains with it), ours with torch's default foreach AdamW, not the "
+                        "trainer's fused one, or ours without the captions' contrast (then ours trains with it) "
+                        "(default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5,
                    help="rounds per model pair; the median over rounds is reported (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1,

@@ -39,6 +39,7 @@ class Stream:
     crop_scale: float = 0.9  # the smallest share of an image a training crop covers
     hflip: bool = False  # mirror half the images, swapping "left" and "right" in their captions
     word_dropout: float = 0.0  # drop each caption word with this probability (keeping one at least)
+    second_captions: int = 0  # the first k samples also get another caption of their photo: ids rows B..B+k-1
 
 
 def _seed(*parts) -> int:
@@ -46,7 +47,7 @@ def _seed(*parts) -> int:
 
 
 class CaptionBatches(IterableDataset):
-    """An endless stream of (images [B,3,H,W], token ids [B,L]) for one process."""
+    """An endless stream of (images [B,3,H,W], token ids [B+k,L]) for one process; k: `second_captions`."""
 
     def __init__(self, stream: Stream, skip_batches: int = 0):
         self.stream = stream
@@ -105,8 +106,8 @@ class CaptionBatches(IterableDataset):
                     index += 1
 
     def _collate(self, batch: list[tuple[str, dict[str, bytes]]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, texts = [], []
-        for key, files in batch:
+        images, texts, seconds = [], [], []
+        for index, (key, files) in enumerate(batch):
             rng = random.Random(_seed(self.stream.seed, "sample", key))
             # The random crop draws from torch's CPU generator. Seed only that one: torch.manual_seed also
             # queues a seed for every accelerator, formatting a stack trace each time (~40% of the loader).
@@ -114,17 +115,26 @@ class CaptionBatches(IterableDataset):
             with Image.open(io.BytesIO(image_bytes(files))) as image:
                 pixels = self.transform(image)
             options = captions(files)
-            caption = options[rng.randrange(len(options))]
-            if self.stream.hflip and rng.random() < 0.5:
+            chosen = rng.randrange(len(options))
+            caption = options[chosen]
+            mirrored = self.stream.hflip and rng.random() < 0.5
+            if mirrored:
                 pixels, caption = pixels.flip(-1), mirror_caption(caption)
-            if self.stream.word_dropout:
-                words = caption.split()
-                kept = [w for w in words if rng.random() >= self.stream.word_dropout]
-                caption = " ".join(kept or [rng.choice(words)])
             images.append(pixels)
-            texts.append(caption)
-        ids = (self.stream.tokenizer or default_tokenizer())(texts, self.stream.context_length)
+            texts.append(self._drop_words(caption, rng))
+            if index < self.stream.second_captions:  # a photo with one caption gets it again (other words dropped)
+                others = [c for i, c in enumerate(options) if i != chosen] or [options[chosen]]
+                second = others[rng.randrange(len(others))]
+                seconds.append(self._drop_words(mirror_caption(second) if mirrored else second, rng))
+        ids = (self.stream.tokenizer or default_tokenizer())(texts + seconds, self.stream.context_length)
         return torch.stack(images), ids
+
+    def _drop_words(self, caption: str, rng: random.Random) -> str:
+        if not self.stream.word_dropout:
+            return caption
+        words = caption.split()
+        kept = [w for w in words if rng.random() >= self.stream.word_dropout]
+        return " ".join(kept or [rng.choice(words)])
 
 
 _SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)

@@ -1,10 +1,15 @@
-"""SLIP (Mu et al. 2022): CLIP's loss plus SimCLR's on two augmented views of some of each batch's images.
+"""SLIP (Mu et al. 2022): CLIP's loss plus SimCLR's on two augmented views of some of each batch's images; and
+beside it the same contrast on the text side, between two captions of one photo.
 
 The self-supervised task teaches the image tower from the photos alone, which few captions cannot; the
 paper finds it lifts zero-shot accuracy most where pairs are few. The views are made from the training
 crops on the batch tensor (crop, flip, colour jitter, grey, as SimCLR's), so the data loader does no
 more work, and the image tower reads crops and views in one pass. The head is a training aid: the
 checkpoint's state keeps it for resuming, the model never carries it.
+
+The captions' contrast (as SimCSE's supervised one, with a photo's other captions as paraphrases) teaches the
+text tower that different words for one scene mean one thing: a caption that says "automobile" must find its
+sibling that says "car". It needs no head: captions of one photo belong together in CLIP's space.
 """
 
 from __future__ import annotations
@@ -30,20 +35,19 @@ class SlipOutput(NamedTuple):
 
 
 class Slip(nn.Module):
-    """Trains `clip`, a ViT image tower's CLIP (kept as `.clip`, so its checkpoint is the plain CLIP's), with
-    SimCLR's loss at `temperature` on two views of the first `images` images of each batch, weighted by `scale`,
-    through an MLP head on the image tower's pooled output (SLIP's three layers, 4x the tower's width).
+    """Trains `clip` (kept as `.clip`, so its checkpoint is the plain CLIP's) with SimCLR's losses at `temperature`:
+    with `scale` > 0 (a ViT image tower), on two views of the first `images` images of each batch, weighted by
+    `scale`, through an MLP head on the image tower's pooled output (SLIP's three layers, 4x the tower's width);
+    and, when a batch's token ids carry k rows after its B captions (the data stream's `second_captions`),
+    between rows i and B+i (two captions of photo i) in CLIP's text space, weighted by `text_scale`.
     """
 
-    def __init__(self, clip: CLIP, scale: float, images: int, seed: int = 0, temperature: float = 0.1):
+    def __init__(self, clip: CLIP, scale: float, images: int, seed: int = 0, temperature: float = 0.1,
+                 text_scale: float = 1.0):
         super().__init__()
-        self.clip, self.scale, self.images, self.seed = clip, scale, images, seed
+        self.clip, self.scale, self.images, self.seed, self.text_scale = clip, scale, images, seed, text_scale
         self.generator = torch.Generator()
-        width = clip.visual.ln_post.normalized_shape[0]
-        hidden = 4 * width
-        self.head = nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-                                  nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-                                  nn.Linear(hidden, clip.config.embed_dim))
+        self.head = image_head(clip) if scale else None
         self.simclr = SimCLRLoss(temperature)
 
     def start_step(self, step: int) -> None:
@@ -52,13 +56,33 @@ class Slip(nn.Module):
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> SlipOutput:
         batch = images.shape[0]
-        if not torch.is_grad_enabled():  # a cached pass (several micro-batches per step) needs no views
-            return SlipOutput(*self.clip(images, text), images.new_zeros(()))
-        with torch.no_grad():
-            views = two_views(images[:self.images], self.generator)
-        pooled = self.clip.visual.pool(torch.cat([images, views]))
-        output = self.clip.output(pooled[:batch] @ self.clip.visual.proj, text)
-        return SlipOutput(*output, self.scale * self.simclr(self.head(pooled[batch:])))
+        if not torch.is_grad_enabled():  # a cached pass (several micro-batches per step) needs no SSL
+            return SlipOutput(*self.clip(images, text[:batch]), images.new_zeros(()))
+        loss = images.new_zeros(())
+        if self.head is None:
+            image_embeddings = self.clip.encode_image(images)
+        else:
+            with torch.no_grad():
+                views = two_views(images[:self.images], self.generator)
+            pooled = self.clip.visual.pool(torch.cat([images, views]))
+            image_embeddings = pooled[:batch] @ self.clip.visual.proj
+            loss = self.scale * self.simclr(self.head(pooled[batch:]))
+        seconds = text.shape[0] - batch
+        if seconds:
+            pooled_text = self.clip.pool_text(text)  # all captions in one pass
+            text = pooled_text[:batch]
+            z = self.clip.project_text(pooled_text)
+            loss = loss + self.text_scale * self.simclr(torch.stack([z[:seconds], z[batch:]], dim=1).flatten(0, 1))
+        return SlipOutput(*self.clip.output(image_embeddings, text), loss)
+
+
+def image_head(clip: CLIP) -> nn.Module:
+    """SLIP's projection head for the views: three layers on the ViT's pooled class token, 4x its width."""
+    width = clip.visual.ln_post.normalized_shape[0]
+    hidden = 4 * width
+    return nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.Linear(hidden, clip.config.embed_dim))
 
 
 def ssl_loss(output: tuple) -> torch.Tensor | float:

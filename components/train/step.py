@@ -76,6 +76,11 @@ class TrainOptions:
                                  "image-tower pass)")
     ssl_temperature: float = option(0.1, "SLIP: SimCLR's temperature (SLIP's 0.1; 0.2 measured within a seed's "
                                          "noise of it, README)")
+    text_ssl_captions: int = option(64, "text SSL: the samples of each micro-batch that also get another caption "
+                                        "of their photo; each of the two must pick out the other among the "
+                                        "batch's captions (SimCLR's loss at --ssl-temperature; 0: off; not with "
+                                        "a locked text tower; measured: README)")
+    text_ssl_scale: float = option(1.0, "text SSL: the weight of the captions' loss")
     split: str = option("train", "the data split to train on")
     workers: int = option(2, "data loader processes per training process")
     shuffle_buffer: int = option(1000, "samples held for shuffling in each loader process")
@@ -342,6 +347,9 @@ def train(opts: TrainOptions) -> dict:
     if opts.ssl_scale < 0 or opts.ssl_images < 1:
         raise SystemExit(f"--ssl-scale must be 0 (off) or more and --ssl-images 1 or more, not {opts.ssl_scale} and "
                          f"{opts.ssl_images}")
+    if opts.text_ssl_captions < 0 or opts.text_ssl_scale < 0:
+        raise SystemExit(f"--text-ssl-captions and --text-ssl-scale must be 0 (off) or more, not "
+                         f"{opts.text_ssl_captions} and {opts.text_ssl_scale}")
     if opts.ssl_temperature <= 0:
         raise SystemExit(f"--ssl-temperature must be above 0 (SimCLR's logits are divided by it), not "
                          f"{opts.ssl_temperature}")
@@ -352,8 +360,11 @@ def train(opts: TrainOptions) -> dict:
     if (clip.text_tower_frozen or not isinstance(clip.visual, VisionTransformer)
             or not any(p.requires_grad for p in clip.visual.parameters())):
         opts = replace(opts, ssl_scale=0.0)  # SLIP's views: for a ViT image tower learning beside a text tower
-    trainee = (Slip(clip, opts.ssl_scale, opts.ssl_images, opts.seed, opts.ssl_temperature).to(env.device)
-               if opts.ssl_scale else clip)
+    if clip.text_tower_frozen or not opts.text_ssl_scale:
+        opts = replace(opts, text_ssl_captions=0)  # the captions' contrast: for a text tower that learns
+    trainee = (Slip(clip, opts.ssl_scale, opts.ssl_images, opts.seed, opts.ssl_temperature,
+                    opts.text_ssl_scale).to(env.device)
+               if opts.ssl_scale or opts.text_ssl_captions else clip)
     loss_fn = (SigLipLoss(env.rank, env.world_size) if opts.loss == "siglip"
                else ClipLoss(env.rank, env.world_size, opts.label_smoothing)).to(env.device)
     if opts.loss == "siglip":
@@ -374,11 +385,11 @@ def train(opts: TrainOptions) -> dict:
     if resume_from:
         weights, state = load_state(resume_from)
         clip.load_state_dict(weights)
-        if ("slip_head" in state) != (trainee is not clip):
+        if ("slip_head" in state) != bool(opts.ssl_scale):
             was, now = ("with", "without") if "slip_head" in state else ("without", "with")
             raise SystemExit(f"{resume_from} was trained {was} SLIP and this run is set up {now} it: resume with the "
                              "--ssl-scale it was trained with (its lineage.json has it)")
-        if trainee is not clip:
+        if opts.ssl_scale:
             trainee.head.load_state_dict(state["slip_head"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -403,7 +414,7 @@ def train(opts: TrainOptions) -> dict:
     stream = data.Stream(shard_urls(opts.data, opts.split), opts.batch_size, clip.image_size,
                          clip.context_length, opts.seed, opts.shuffle_buffer, opts.resample, env.rank, env.world_size,
                          tokenizer=clip.tokenizer, crop_scale=opts.crop_scale, hflip=opts.hflip,
-                         word_dropout=opts.word_dropout)
+                         word_dropout=opts.word_dropout, second_captions=opts.text_ssl_captions)
     batches = iter(data.loader(stream, opts.workers, skip_batches=batches_done))
     metrics = TrainMetrics(opts.out, opts.metrics_port, opts.pushgateway, start) if env.main else None
     global_batch = opts.batch_size * env.world_size * opts.accum_steps
@@ -475,7 +486,7 @@ def train(opts: TrainOptions) -> dict:
             state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "loss": loss_fn.state_dict(),
                      "step": step, "batches": batches_done, "skipped": skipped_total, "rng": torch.get_rng_state(),
                      "schedule": asdict(schedule), "budget_seconds": time.time() - budget_start}
-            if trainee is not clip:
+            if opts.ssl_scale:
                 state["slip_head"] = trainee.head.state_dict()
             if env.main:
                 checkpoints.save(clip, state, step, opts.keep_last)

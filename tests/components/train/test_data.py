@@ -1,6 +1,6 @@
 """The training data stream: every sample once per epoch over all processes and loader workers, and
 a resumed stream that continues exactly where the interrupted one was; the crop augmentation's scale;
-mirroring that keeps each caption true of its image; word dropout."""
+mirroring that keeps each caption true of its image; word dropout; second captions for the text SSL."""
 
 import itertools
 
@@ -107,3 +107,17 @@ def test_word_dropout_drops_whole_words_and_keeps_the_images(shards):
         assert remaining and all(word in left for word in remaining)  # an ordered subset, never empty
         kept, total = kept + len(remaining), total + len(words)
     assert 0.55 < kept / total < 0.85  # about 70% of the words (punctuation goes with its word)
+
+
+def test_second_captions_are_other_captions_of_the_first_photos(shards):
+    images, ids = first_batch(shards, batch_size=8)
+    same_images, with_seconds = first_batch(shards, batch_size=8, second_captions=3)
+    assert torch.equal(images, same_images) and with_seconds.shape == (11, 77)
+    assert torch.equal(with_seconds[:8], ids)  # the batch's own captions are those drawn without seconds
+    stream = data.Stream(shards, 8, image_size=32, context_length=77, seed=3)
+    photos = [files for _, files in itertools.islice(data.CaptionBatches(stream)._samples(0, 1), 3)]
+    tokenizer = default_tokenizer()
+    for i, files in enumerate(photos):
+        options = [row.tolist() for row in tokenizer(data.captions(files), 77)]
+        first, second = ids[i].tolist(), with_seconds[8 + i].tolist()
+        assert first in options and second in options and second != first  # another of its own captions

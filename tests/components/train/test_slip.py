@@ -1,4 +1,5 @@
-"""SLIP (--ssl-scale): the views, the SimCLR loss, and training that resumes and keeps the model a plain CLIP."""
+"""SLIP (--ssl-scale) and the captions' contrast (--text-ssl-captions): the views, the SimCLR loss, and training
+that resumes and keeps the model a plain CLIP."""
 
 import json
 from dataclasses import replace
@@ -85,13 +86,33 @@ def test_the_simclr_loss_falls_as_slip_trains(shards, tmp_path):
     assert losses[1] < losses[0], losses
 
 
-@pytest.mark.parametrize("overrides", [dict(model="tiny-rn"), dict(lock_image=True), dict(lock_text=True)])
-def test_slip_stays_off_unless_a_vit_image_tower_trains_beside_a_text_tower(shards, tmp_path, overrides):
+def test_the_captions_loss_falls_as_the_text_tower_learns(shards, tmp_path):
+    """On a ResNet tower (no views: the SSL loss is the captions' alone), captions of one photo find each other
+    better after training than at the start."""
+    opts = TrainOptions(data=shards, out=str(tmp_path / "run"), steps=30, lr=2e-3, **{**BASE, "model": "tiny-rn"})
+    torch.manual_seed(opts.seed)
+    start = Slip(model.CLIP(model.get_config("tiny-rn")), 0.0, 16)  # train() builds the same from the seed
+    train(opts)
+    trained = Slip(model.CLIP(model.get_config("tiny-rn")), 0.0, 16)
+    trained.clip.load_state_dict(load_state(Checkpoints(opts.out).latest())[0])
+
+    stream = Stream(shard_urls(shards, "train"), 16, 64, 77, seed=7, second_captions=16)
+    images, ids = next(iter(CaptionBatches(stream)))
+    losses = [slip.train()(images, ids).ssl_loss.item() for slip in (start, trained)]
+    assert losses[1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("overrides, ssl_scale, text_ssl_captions",
+                         [(dict(model="tiny-rn"), 0.0, 64), (dict(lock_image=True), 0.0, 64),
+                          (dict(lock_text=True), 0.0, 0), (dict(text_ssl_scale=0.0), 1.0, 0)])
+def test_each_ssl_stays_off_where_its_tower_does_not_learn(shards, tmp_path, overrides, ssl_scale, text_ssl_captions):
+    """The views need a ViT image tower learning beside a text tower; the captions' contrast, a learning text tower."""
     out = tmp_path / "run"
     train(TrainOptions(data=shards, out=str(out), steps=1, **{**BASE, **overrides}))
     _, state = load_state(Checkpoints(str(out)).latest())
-    assert "slip_head" not in state
-    assert json.loads((out / "lineage.json").read_text())["parameters"]["ssl_scale"] == 0.0
+    assert ("slip_head" in state) == bool(ssl_scale)
+    parameters = json.loads((out / "lineage.json").read_text())["parameters"]
+    assert (parameters["ssl_scale"], parameters["text_ssl_captions"]) == (ssl_scale, text_ssl_captions)
 
 
 def test_resuming_with_slip_switched_says_how_to_resume(shards, tmp_path):
@@ -103,7 +124,9 @@ def test_resuming_with_slip_switched_says_how_to_resume(shards, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [(dict(ssl_scale=-1.0), "--ssl-scale must be 0"),
                                                 (dict(ssl_images=0), "--ssl-images 1 or more"),
-                                                (dict(ssl_temperature=0.0), "--ssl-temperature must be above 0")])
+                                                (dict(ssl_temperature=0.0), "--ssl-temperature must be above 0"),
+                                                (dict(text_ssl_captions=-1), "--text-ssl-captions and --text-ssl-scale "
+                                                                             "must be 0")])
 def test_out_of_range_slip_options_are_refused(tmp_path, overrides, message):
     with pytest.raises(SystemExit, match=message):
         train(TrainOptions(data="unused", out=str(tmp_path / "run"), steps=1, **{**BASE, **overrides}))
