@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("KUBECLIP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def takes_ctrl_c() -> None:
+    """`preexec_fn` of a child a test interrupts as a terminal would: pytest started in the background by a
+    non-interactive shell (`nohup ... &`) runs with SIGINT ignored, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def require(present: bool, what: str, hint: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from components.prepare import step, synthetic
 from components.prepare.merge import MergeOptions, merge
+from tests.conftest import takes_ctrl_c
 
 
 def shard_files(out: Path) -> dict[str, bytes]:
@@ -71,7 +72,8 @@ def run_synthetic(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "components.cli", "prepare", "synthetic", "--out", str(out),
                              "--samples", "600", "--shard-size", "50", "--image-size", "48", "--image-format", "jpg",
                              "--eval-samples-per-class", "4", "--workers", "2", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=takes_ctrl_c)
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -21,7 +21,7 @@ from components.export.step import ExportOptions, export
 from components.train import step as train_step
 from components.train.checkpoints import MARKER, STATE_FILE, Checkpoints, load_state
 from components.serve.triton_server import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, takes_ctrl_c
 from model.tokenizer import ClipTokenizer, load_tokenizer
 from tests.manifests.metric_names import TRAINING
 
@@ -141,7 +141,7 @@ def test_ctrl_c_stops_training_cleanly_and_the_same_command_resumes(shards, tmp_
     out = tmp_path / "run"
     args = ["train", "--data", shards, "--out", str(out), "--steps", "60", "--checkpoint-every", "2",
             "--resume", "latest", *TINY, "--workers", "2"]  # loader workers get the Ctrl-C too
-    process = kubeclip(*args, start_new_session=True)
+    process = kubeclip(*args, start_new_session=True, preexec_fn=takes_ctrl_c)
     deadline = time.time() + 180
     while not (out / "checkpoints" / "latest").exists():
         assert time.time() < deadline and process.poll() is None, "no checkpoint was committed"
