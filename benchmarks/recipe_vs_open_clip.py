@@ -64,8 +64,8 @@ prepared flickr8k/ and cifar10/ folders). The table ends with the differences pa
 of the contestants come one right after the other) and their standard error: how far the seed means could be
 from the long-run ones. benchmarks/results/recipe_vs_open_clip_text_ssl.json holds seeds 0-4 of the recipe as
 it stands (stops 33-34; the locked contestant in seeds 3-4), recipe_vs_open_clip_seeds.json seeds 0-13 of the
-recipe before SLIP (stops 19-26), recipe_vs_open_clip_tiny_rn.json seeds 0-3 with --model tiny-rn (stop 27, open_clip and
-scratch), recipe_vs_open_clip_tiny_rn_three.json all three contestants with --model tiny-rn (stop 28).
+recipe before SLIP (stops 19-26), recipe_vs_open_clip_tiny_rn.json seeds 0-3 with --model tiny-rn (stop 27,
+open_clip and scratch), recipe_vs_open_clip_tiny_rn_three.json all three contestants with --model tiny-rn (stop 28).
 
 Nothing is downloaded: data from ../shared/data (Flickr8k, CIFAR-10 test), MiniLM from its installed package.
 """
