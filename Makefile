@@ -43,12 +43,13 @@ bench: install
 	$(PY) benchmarks/train_step_throughput.py
 	$(PY) benchmarks/train_vs_open_clip.py
 
-## images: the runtime, training and Triton images (needs a Docker engine); names and bases from components/images.py
-IMAGE = $(shell $(PYTHON) -m components.images $(1))
+## images: the runtime, training, Triton and transformer images (needs a Docker engine); names and bases from components/images.py
+IMAGE = $(shell $(PYTHON) -m kubeclip.components.images $(1))
 images:
 	docker build -f images/runtime.Dockerfile --build-arg RUNTIME_BASE=$(call IMAGE,RUNTIME_BASE) -t $(call IMAGE,RUNTIME_IMAGE) .
 	docker build -f images/train.Dockerfile --build-arg TRAIN_BASE=$(call IMAGE,TRAIN_BASE) -t $(call IMAGE,TRAIN_IMAGE) .
 	docker build -f images/triton.Dockerfile --build-arg TRITON_BASE=$(call IMAGE,TRITON_BASE) -t $(call IMAGE,TRITON_IMAGE) .
+	docker build -f images/transformer.Dockerfile --build-arg TRANSFORMER_BASE=$(call IMAGE,TRANSFORMER_BASE) -t $(call IMAGE,TRANSFORMER_IMAGE) .
 
 ## lock: re-resolve the dependencies and write the tested set to constraints.txt
 lock:

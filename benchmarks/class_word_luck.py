@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 
-import model
-from components.benchmark.encoders import TorchEncoder
-from components.benchmark.features import embed_labelled
-from components.benchmark.templates import resolve_templates
-from components.benchmark.zeroshot import TextClassifier, scores, text_classifier
-from components.datasets import captions, class_names, split_samples
+from kubeclip import model
+from kubeclip.components.benchmark.encoders import TorchEncoder
+from kubeclip.components.benchmark.features import embed_labelled
+from kubeclip.components.benchmark.templates import resolve_templates
+from kubeclip.components.benchmark.zeroshot import TextClassifier, scores, text_classifier
+from kubeclip.components.datasets import captions, class_names, split_samples
+from kubeclip.model.tokenizer import ClipTokenizer, default_tokenizer
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,7 +55,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def token_counts(data: Path, tokenizer: model.tokenizer.ClipTokenizer) -> collections.Counter:
+def token_counts(data: Path, tokenizer: ClipTokenizer) -> collections.Counter:
     """How often each token occurs in the training captions."""
     counts = collections.Counter()
     for _, files in split_samples(str(data), "train"):
@@ -78,7 +79,7 @@ def taken_apart(result: dict, images: torch.Tensor, labels: torch.Tensor, text: 
 def main() -> None:
     args = parse_args()
     data, cifar = args.work / "flickr8k", str(args.work / "cifar10")
-    tokenizer = model.tokenizer.default_tokenizer()
+    tokenizer = default_tokenizer()
     counts = token_counts(data, tokenizer)
     names, templates = class_names(cifar), resolve_templates(None, "cifar10")
     words = {name: tokenizer.encode(name) for name in names}
@@ -97,7 +98,7 @@ def main() -> None:
           f"{'redrawn: min':>12} {'mean':>5} {'max':>5} {'spread':>6} {'spread / 10% of trained':>23}")
     for checkpoint in args.checkpoints:
         clip = model.load(checkpoint)
-        if not isinstance(clip.tokenizer, model.tokenizer.ClipTokenizer):
+        if not isinstance(clip.tokenizer, ClipTokenizer):
             raise SystemExit(f"{checkpoint}: its text tower has its own tokenizer; this measures CLIP BPE towers")
         encoder = TorchEncoder(clip)
         images, labels = embed_labelled(encoder, cifar, "test")

@@ -13,8 +13,8 @@
 Each figure is the median of --rounds timed rounds after a warm-up, with CUDA synchronised around each round.
 Low-precision rows carry their ratio to fp32 measured in the same run.
 
-    PYTHONPATH=. python benchmarks/gpu_check.py                            # ViT-B-32, on cuda
-    PYTHONPATH=. python benchmarks/gpu_check.py --device cpu --model tiny-vit --batches 1 4 --train-batch 8
+    benchmarks/gpu_check.sh                                                # ViT-B-32, on cuda, from the source tree
+    benchmarks/gpu_check.sh --device cpu --model tiny-vit --batches 1 4 --train-batch 8
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import model
-from components.export.step import ExportOptions, export
-from components.train.step import param_groups, train_step
-from model.losses import ClipLoss
+from kubeclip import model
+from kubeclip.components.export.step import ExportOptions, export
+from kubeclip.components.train.step import param_groups, train_step
+from kubeclip.model.losses import ClipLoss
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by a substring of the device name.

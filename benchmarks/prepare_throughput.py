@@ -45,7 +45,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from components.prepare import images, shards, sources, step
+from kubeclip.components.prepare import images, shards, sources, step
 
 RAW_STAGES = ("read", "decode", "resize", "encode")
 KUBECLIP_STAGES = ("fingerprint read", "sha256", "read", "decode", "resize", "encode", "tar")

@@ -90,13 +90,13 @@ from pathlib import Path
 
 import torch
 
-import model
-from components.datasets import captions, image_bytes, split_samples
-from components.train.step import TrainOptions
+from kubeclip import model
+from kubeclip.components.datasets import captions, image_bytes, split_samples
+from kubeclip.components.train.step import TrainOptions
 from train_vs_open_clip import ROOT, WRAPPER, config_path, steady_rate
 
 DATA = ROOT.parent / "shared" / "data"
-KUBECLIP = [sys.executable, "-m", "components.cli"]  # what the `kubeclip` command runs
+KUBECLIP = [sys.executable, "-m", "kubeclip.components.cli"]  # what the `kubeclip` command runs
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainOptions)}  # kubeclip's recipe
 CONTESTANTS = ("open_clip", "scratch", "locked", "locked-uncached")
 LABELS = {"open_clip": "open_clip", "scratch": "kubeclip scratch", "locked": "kubeclip locked MiniLM",

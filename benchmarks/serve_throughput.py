@@ -39,15 +39,15 @@ import onnxruntime as ort
 import torch
 import tritonclient.grpc as grpcclient
 
-import model
-from components.benchmark.onnx_encoder import OnnxEncoder
-from components.export.onnx_towers import IMAGE_ONNX, TEXT_ONNX, ImageTower, variant
-from components.export.parity import compare
-from components.export.step import ExportOptions, export
-from components.export.triton_repo import TritonRepoOptions, triton_repo
-from components.prepare import synthetic
-from components.serve.load import closed_loop
-from components.serve.triton_server import TritonServer
+from kubeclip import model
+from kubeclip.components.benchmark.onnx_encoder import OnnxEncoder
+from kubeclip.components.export.onnx_towers import IMAGE_ONNX, TEXT_ONNX, ImageTower, variant
+from kubeclip.components.export.parity import compare
+from kubeclip.components.export.step import ExportOptions, export
+from kubeclip.components.export.triton_repo import TritonRepoOptions, triton_repo
+from kubeclip.components.prepare import synthetic
+from kubeclip.components.serve.load import closed_loop
+from kubeclip.components.serve.triton_server import TritonServer
 
 
 def sample_images(data: str, count: int, image_size: int) -> tuple[list[bytes], str]:

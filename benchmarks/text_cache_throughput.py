@@ -26,12 +26,12 @@ import time
 
 import torch
 
-from components.datasets import shard_urls
-from components.prepare import step as prepare
-from components.train import data
-from components.train.step import TrainOptions, build_model, param_groups, train_step
-from components.train.text_cache import TextFeatureCache
-from model.losses import ClipLoss
+from kubeclip.components.datasets import shard_urls
+from kubeclip.components.prepare import step as prepare
+from kubeclip.components.train import data
+from kubeclip.components.train.step import TrainOptions, build_model, param_groups, train_step
+from kubeclip.components.train.text_cache import TextFeatureCache
+from kubeclip.model.losses import ClipLoss
 
 
 def steps_per_second(clip, batches, text_of) -> float:

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
-import model
-from components.train.slip import Slip, ssl_loss
-from model.transformer import VisionTransformer
+from kubeclip import model
+from kubeclip.components.train.slip import Slip, ssl_loss
+from kubeclip.model.transformer import VisionTransformer
 
 PHASES = ("forward + loss", "backward", "optimizer")
 CAPTIONS = [

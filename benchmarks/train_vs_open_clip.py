@@ -5,7 +5,7 @@ Both trainers run as subprocesses, as a user starts them, on the same WebDataset
 eps 1e-6, weight decay 0.2), linear warmup + cosine schedule, gradient clipping at 1.0, fp32, loader
 workers, seed and number of processes (1: plain python; N > 1: torchrun --nproc-per-node N for both, gloo):
 
-  kubeclip    python -m components.train ...
+  kubeclip    python -m kubeclip.components.train ...
   open_clip   open_clip_train.main.main(argv) --dataset-type webdataset --local-loss --gather-with-grad
               (kubeclip's loss formulation), from a small wrapper (WRAPPER) that registers our JSON config
               with open_clip and works around two incompatibilities of open_clip_train 3.3 with this
@@ -54,9 +54,9 @@ import open_clip
 import open_clip_train.data
 import psutil
 
-import model
-from components.datasets import shard_urls
-from components.train import data
+from kubeclip import model
+from kubeclip.components.datasets import shard_urls
+from kubeclip.components.train import data
 
 ROOT = Path(__file__).resolve().parents[1]
 # webdataset >= 0.2.96 ends each shard with an empty dict that open_clip's grouping chokes on
@@ -147,7 +147,7 @@ def watch(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[float, float]
 
 def run_kubeclip(args, data_dir: Path, work: Path, nproc: int, tag: str) -> Run:
     out = work / f"kubeclip-{tag}"
-    cmd = [*launch(nproc), "-m", "components.train", "--data", str(data_dir), "--out", str(out),
+    cmd = [*launch(nproc), "-m", "kubeclip.components.train", "--data", str(data_dir), "--out", str(out),
            "--model", args.model, "--steps", str(args.steps // nproc), "--batch-size", str(args.batch_size),
            "--workers", str(args.workers), "--lr", str(args.lr), "--warmup", str(args.warmup // nproc),
            "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6", "--weight-decay", "0.2", "--grad-clip", "1.0",
@@ -287,7 +287,7 @@ def main() -> None:
     (work / "open_clip_wrapper.py").write_text(WRAPPER)
     data_dir = Path(args.data).resolve() if args.data else work / "data"
     if not args.data:
-        subprocess.run([sys.executable, "-m", "components.cli", "prepare", "synthetic", "--out", str(data_dir),
+        subprocess.run([sys.executable, "-m", "kubeclip.components.cli", "prepare", "synthetic", "--out", str(data_dir),
                         "--samples", str(args.samples), "--image-size", "64", "--shard-size", "500"],
                        cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     shards = shard_urls(str(data_dir), "train")

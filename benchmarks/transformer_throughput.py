@@ -2,7 +2,7 @@
 
 One run builds a CLIP (random weights: speed does not depend on them), exports it, packages the cpu-flavor
 Triton repository, starts Triton (the nvidia-pytriton tritonserver) and the transformer
-(`python -m components.serve.transformer`, gRPC v2 to Triton), and measures two workloads with closed-loop
+(`python -m kubeclip.components.serve.transformer`, gRPC v2 to Triton), and measures two workloads with closed-loop
 clients (one thread and connection each, components/serve/load.py) at each concurrency:
 
   embed text   transformer: POST /v1/models/clip:predict {"instances": [{"text": ...}]}
@@ -32,12 +32,12 @@ import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
 
-import model
-from components.export.step import ExportOptions, export
-from components.export.triton_repo import TritonRepoOptions, triton_repo
-from components.serve.load import Load, closed_loop
-from components.serve.transformer_process import TransformerProcess
-from components.serve.triton_server import TritonServer
+from kubeclip import model
+from kubeclip.components.export.step import ExportOptions, export
+from kubeclip.components.export.triton_repo import TritonRepoOptions, triton_repo
+from kubeclip.components.serve.load import Load, closed_loop
+from kubeclip.components.serve.transformer_process import TransformerProcess
+from kubeclip.components.serve.triton_server import TritonServer
 from serve_throughput import sample_images
 
 ROOT = Path(__file__).resolve().parents[1]

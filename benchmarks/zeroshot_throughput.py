@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-import model
-from components.benchmark.cache import ClassifierCache
-from components.benchmark.encoders import TorchEncoder
-from components.benchmark.features import embed_labelled
-from components.benchmark.templates import ENSEMBLE
-from components.benchmark.zeroshot import scores, text_classifier
-from components.datasets import class_names
-from components.prepare import step as prepare
+from kubeclip import model
+from kubeclip.components.benchmark.cache import ClassifierCache
+from kubeclip.components.benchmark.encoders import TorchEncoder
+from kubeclip.components.benchmark.features import embed_labelled
+from kubeclip.components.benchmark.templates import ENSEMBLE
+from kubeclip.components.benchmark.zeroshot import scores, text_classifier
+from kubeclip.components.datasets import class_names
+from kubeclip.components.prepare import step as prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,13 +8,13 @@ import sys
 
 # Each module has `add_parser(subparsers)`, which registers its command(s) with `func` set.
 COMMAND_MODULES = [
-    "components.prepare.cli",
-    "components.train.cli",
-    "components.benchmark.cli",
-    "components.export.cli",
-    "components.deploy.cli",
-    "components.serve.cli",
-    "pipelines.cli",
+    "kubeclip.components.prepare.cli",
+    "kubeclip.components.train.cli",
+    "kubeclip.components.benchmark.cli",
+    "kubeclip.components.export.cli",
+    "kubeclip.components.deploy.cli",
+    "kubeclip.components.serve.cli",
+    "kubeclip.pipelines.cli",
 ]
 
 

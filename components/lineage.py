@@ -18,6 +18,8 @@ from typing import Any
 
 import fsspec
 
+LINEAGE = "lineage.json"
+
 
 def file_sha256(url: str) -> str:
     digest = hashlib.sha256()
@@ -44,13 +46,13 @@ def write_lineage(out: str, step: str, inputs: dict[str, Any], parameters: dict[
               and (upstream := producer_lineage(str(value["url"]))) else value for name, value in inputs.items()}
     record = {"step": step, "inputs": inputs, "parameters": parameters, "git_commit": git_commit(),
               "started": started, "finished": time.time()}
-    with fsspec.open(f"{out.rstrip('/')}/lineage.json", "w") as f:
+    with fsspec.open(f"{out.rstrip('/')}/{LINEAGE}", "w") as f:
         f.write(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def read_lineage(out: str) -> dict | None:
     """The lineage.json a step wrote to `out`, or None when there is none."""
-    fs, path = fsspec.core.url_to_fs(f"{out.rstrip('/')}/lineage.json")
+    fs, path = fsspec.core.url_to_fs(f"{out.rstrip('/')}/{LINEAGE}")
     return json.loads(fs.cat_file(path)) if fs.isfile(path) else None
 
 
@@ -59,8 +61,8 @@ def producer_lineage(url: str, levels: int = 3) -> dict | None:
     `levels` folders above it (a checkpoint's weights lie three below the run folder)."""
     fs, path = fsspec.core.url_to_fs(url)
     for _ in range(levels + 1):
-        if fs.isfile(f"{path}/lineage.json"):
-            return json.loads(fs.cat_file(f"{path}/lineage.json"))
+        if fs.isfile(f"{path}/{LINEAGE}"):
+            return json.loads(fs.cat_file(f"{path}/{LINEAGE}"))
         path = posixpath.dirname(path.rstrip("/"))
         if not path or path in ("/", "."):
             return None

@@ -1,19 +1,34 @@
 """kubeclip's CLIP: the network, its tokenizer, image transforms and checkpoint I/O.
 
-Knows nothing of Kubernetes, KFP, DVC or Triton.
+Knows nothing of Kubernetes, KFP, DVC or Triton. Its names are imported on first use (PEP 562), so a
+torch-free module of it (`kubeclip.model.prompts`) can be imported without loading torch.
 """
 
-from model.checkpoint import load, save
-from model.clip import CLIP, CLIPOutput
-from model.config import BertConfig, CLIPConfig, HFTextConfig, TextConfig, VisionConfig, available_models, get_config
-from model.tokenizer import tokenize
-from model.transforms import image_transform
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "load": "checkpoint", "save": "checkpoint",
+    "CLIP": "clip", "CLIPOutput": "clip",
+    "BertConfig": "config", "CLIPConfig": "config", "HFTextConfig": "config", "TextConfig": "config",
+    "VisionConfig": "config", "available_models": "config", "get_config": "config",
+    "build": "factory", "create_model_and_transforms": "factory", "get_tokenizer": "factory",
+    "tokenize": "tokenizer",
+    "image_transform": "transforms",
+    "zero_shot": "zeroshot",
+}
+
+__all__ = sorted(_LAZY)
 
 
-def build(name_or_config) -> CLIP:
-    """A freshly initialised CLIP from a built-in name, a JSON config file, a dict or a CLIPConfig."""
-    return CLIP(get_config(name_or_config))
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
 
 
-__all__ = ["CLIP", "BertConfig", "CLIPConfig", "CLIPOutput", "HFTextConfig", "TextConfig", "VisionConfig",
-           "available_models", "build", "image_transform", "load", "save", "tokenize"]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,7 +1,8 @@
 """Checkpoint I/O: save as safetensors + config.json; load kubeclip, OpenAI and open_clip weights.
 
-Formats are told apart by their bytes, never by file extension, and pickles are only ever opened
-with `weights_only=True`, so a weights file cannot run code.
+Formats are told apart by their bytes, never by file extension, and no weights file can run code:
+pickles are only ever opened with `weights_only=True`, and TorchScript archives are never executed
+(no `torch.jit.load`): their tensors are extracted with a restricted unpickler (`kubeclip.model.torchscript`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
-import zipfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -17,13 +17,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.clip import CLIP
-from model.config import CLIPConfig, TextConfig, VisionConfig, get_config
+from kubeclip.model import torchscript
+from kubeclip.model.clip import CLIP
+from kubeclip.model.config import CLIPConfig, TextConfig, VisionConfig, get_config
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
-_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # ints stored in OpenAI's archives
+# Not weights but values CLIP derives from its config: the sizes OpenAI's archives hold as ints, and open_clip's
+# causal `attn_mask`, a non-persistent buffer that TorchScript archives save anyway (they keep no persistence flag).
+_DERIVED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
 def save(clip: CLIP, path: str | Path) -> Path:
@@ -60,18 +63,16 @@ def find_weights(path: str | Path) -> Path:
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """The state dict in a safetensors, torch.save or TorchScript file, and whether it was a TorchScript
-    archive (the format OpenAI released CLIP in)."""
+    """The state dict in a safetensors, torch.save or TorchScript file, and whether it was OpenAI's release
+    archive: a TorchScript one holding OpenAI's `input_resolution` (a scripted open_clip model holds none)."""
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
         return load_file(path), False
-    if head[:4] == b"PK\x03\x04" and _is_torchscript(path):
-        # TorchScript archives hold compiled code, not Python pickles; jit.load does not run Python
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # jit.load is deprecated, yet OpenAI's files need it
-            return torch.jit.load(path, map_location="cpu").state_dict(), True
+    if head[:4] == b"PK\x03\x04" and torchscript.is_archive(path):
+        state = torchscript.read_state_dict(path)
+        return state, "input_resolution" in state
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         try:
             with open(path, "rb") as f:  # a file object: torch.load would switch formats on a .safetensors name
@@ -84,19 +85,14 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
     raise ValueError(f"{path} is not a safetensors, PyTorch or TorchScript weights file")
 
 
-def _is_torchscript(path: Path) -> bool:
-    with zipfile.ZipFile(path) as z:
-        return any(name.endswith("/constants.pkl") or "/code/" in name for name in z.namelist())
-
-
 def clean_state_dict(state: Mapping) -> dict[str, torch.Tensor]:
-    """Unwrap open_clip's `state_dict` key and DDP's `module.` prefix, drop OpenAI's extra ints, upcast to fp32."""
+    """Unwrap open_clip's `state_dict` key and DDP's `module.` prefix, drop derived entries, upcast to fp32."""
     if isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     out = {}
     for key, value in state.items():
         key = key.removeprefix("module.")
-        if key in _OPENAI_EXTRA_KEYS:
+        if key in _DERIVED_KEYS:
             continue
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")

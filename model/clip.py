@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import CLIPConfig, HFTextConfig
-from model.hf_text import HFTextEncoder
-from model.resnet import ModifiedResNet
-from model.transformer import Transformer, VisionTransformer, tracing
+from kubeclip.model.config import CLIPConfig, HFTextConfig, TextConfig
+from kubeclip.model.hf_text import HFTextEncoder
+from kubeclip.model.resnet import ModifiedResNet
+from kubeclip.model.transformer import Transformer, VisionTransformer, tracing
 
 
 class CLIPOutput(NamedTuple):
@@ -56,18 +56,13 @@ class CLIP(nn.Module):
 
     @property
     def tokenizer(self):
-        """What turns texts into this CLIP's text-tower input: the checkpoint's own (`tokenizer_dir`), the
-        Hugging Face model folder's `tokenizer.json`, or CLIP's BPE."""
+        """What turns texts into this CLIP's text-tower input: the checkpoint's own (`tokenizer_dir`), else
+        the one its config implies (`text_tokenizer`)."""
         if self._tokenizer is None:
-            from model.tokenizer import HF_TOKENIZER_FILE, HFTokenizer, default_tokenizer, load_tokenizer
+            from kubeclip.model.tokenizer import load_tokenizer
 
-            t = self.config.text
-            if self.tokenizer_dir is not None:
-                self._tokenizer = load_tokenizer(self.tokenizer_dir)
-            elif self.has_hf_text:
-                self._tokenizer = HFTokenizer(f"{t.hf_model_name}/{HF_TOKENIZER_FILE}", t.context_length)
-            else:
-                self._tokenizer = default_tokenizer(t.context_length)
+            self._tokenizer = (load_tokenizer(self.tokenizer_dir) if self.tokenizer_dir is not None
+                               else text_tokenizer(self.config.text))
         return self._tokenizer
 
     @tokenizer.setter
@@ -201,6 +196,15 @@ class CLIP(nn.Module):
         pooled = text if text.is_floating_point() else self.pool_text(text)
         return CLIPOutput(F.normalize(image_embeddings, dim=-1), F.normalize(self.project_text(pooled), dim=-1),
                           self.logit_scale.exp())
+
+
+def text_tokenizer(text: TextConfig | HFTextConfig):
+    """The tokenizer a text config implies: its Hugging Face model folder's `tokenizer.json`, or CLIP's BPE."""
+    from kubeclip.model.tokenizer import HF_TOKENIZER_FILE, HFTokenizer, default_tokenizer
+
+    if isinstance(text, HFTextConfig):
+        return HFTokenizer(f"{text.hf_model_name}/{HF_TOKENIZER_FILE}", text.context_length)
+    return default_tokenizer(text.context_length)
 
 
 def _lock(tower, blocks: list[nn.Module], head: list, unlocked_blocks: int) -> None:

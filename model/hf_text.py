@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.config import BertConfig, HFTextConfig
-from model.transformer import tracing
+from kubeclip.model.config import BertConfig, HFTextConfig
+from kubeclip.model.transformer import tracing
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _ACTIVATIONS = {"gelu": nn.GELU, "gelu_new": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
@@ -116,11 +116,11 @@ class HFTextEncoder(nn.Module):
         return self.proj(self.pool(ids, attention_mask))
 
 
-def parse_text_tower(spec: str) -> Path:
-    """`hf:PATH` -> PATH, a local Hugging Face model folder."""
+def parse_text_tower(spec: str) -> str:
+    """`hf:PATH` -> PATH as given, a Hugging Face model folder."""
     if not spec.startswith("hf:"):
         raise ValueError(f"text tower {spec!r}: expected hf:PATH, a local Hugging Face model folder")
-    return Path(spec[3:])
+    return spec[3:]
 
 
 def config_from_pretrained(path: str | Path, pooling: str = "mean", context_length: int = 77) -> HFTextConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torchvision import transforms as T
 
-from model.preprocess import MEAN, STD, eval_pixels
+from kubeclip.model.preprocess import MEAN, STD, eval_pixels
 
 
 class EvalTransform:

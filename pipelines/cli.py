@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components.options import add_options, options_from_args
+from kubeclip.components.options import add_options, options_from_args
 
 
 def add_parser(subparsers) -> None:
-    from pipelines.serve_check import ServeCheckOptions
+    from kubeclip.pipelines.serve_check import ServeCheckOptions
 
     parser = subparsers.add_parser("pipeline", help="the Kubeflow pipeline: compile, submit, or run it here",
                                    description="The Kubeflow pipeline wiring every step (prepare partitions, "
@@ -41,21 +41,21 @@ def add_parser(subparsers) -> None:
 
 
 def compile_command(args) -> int:
-    from pipelines.run import COMPILED, compile_pipeline
+    from kubeclip.pipelines.run import COMPILED, compile_pipeline
 
     print(compile_pipeline(args.output or COMPILED))
     return 0
 
 
 def run_command(args) -> int:
-    from pipelines.run import parse_params, run_remote
+    from kubeclip.pipelines.run import parse_params, run_remote
 
     print(run_remote(args.host, parse_params(args.param), args.experiment))
     return 0
 
 
 def run_local_command(args) -> int:
-    from pipelines.run import parse_params, run_local
+    from kubeclip.pipelines.run import parse_params, run_local
 
     run_local(parse_params(args.param), args.pipeline_root)
     print(f"outputs under {args.pipeline_root}")
@@ -63,7 +63,7 @@ def run_local_command(args) -> int:
 
 
 def serve_check_command(args, parser) -> int:
-    from pipelines.serve_check import serve_check
+    from kubeclip.pipelines.serve_check import serve_check
 
     results = serve_check(options_from_args(args, parser))
     print(json.dumps({"model_id": results["model_id"], "zeroshot_top1": results["zeroshot_top1"],

@@ -10,12 +10,12 @@ so the compiled IR changes only when the pipeline does.
 
 from kfp import dsl, kubernetes
 
-from components.benchmark.component import benchmark_classification, gate
-from components.deploy.component import deploy
-from components.export.component import export, export_tensorrt, export_tensorrt_check, package
-from components.images import RUNTIME_IMAGE
-from components.prepare.component import prepare_merge, prepare_synthetic
-from components.train.component import train, train_cleanup
+from kubeclip.components.benchmark.component import benchmark_classification, gate
+from kubeclip.components.deploy.component import deploy
+from kubeclip.components.export.component import export, export_tensorrt, export_tensorrt_check, package
+from kubeclip.components.images import RUNTIME_IMAGE
+from kubeclip.components.prepare.component import prepare_merge, prepare_synthetic
+from kubeclip.components.train.component import train, train_cleanup
 
 STORAGE_SECRET = "kubeclip-storage"  # object-store credentials, by reference only
 

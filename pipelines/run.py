@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from kfp import compiler
 
-from pipelines.kubeclip_pipeline import kubeclip_pipeline
+from kubeclip.pipelines.kubeclip_pipeline import kubeclip_pipeline
 
 COMPILED = Path(__file__).with_name("kubeclip_pipeline.yaml")
 

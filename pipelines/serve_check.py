@@ -16,14 +16,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from components.benchmark.step import BenchmarkOptions, benchmark
-from components.benchmark.templates import resolve_templates
-from components.benchmark.zeroshot import classifier
-from components.datasets import labelled_images
-from components.lineage import write_lineage
-from components.options import option
-from components.serve.encoder import TritonEncoder
-from components.serve.triton_server import TritonServer
+from kubeclip.components.benchmark.step import BenchmarkOptions, benchmark
+from kubeclip.components.benchmark.templates import resolve_templates
+from kubeclip.components.benchmark.zeroshot import classifier
+from kubeclip.components.datasets import labelled_images
+from kubeclip.components.lineage import write_lineage
+from kubeclip.components.options import option
+from kubeclip.components.serve.encoder import TritonEncoder
+from kubeclip.components.serve.triton_server import TritonServer
 
 # what the Triton run reuses of the PyTorch benchmark's parameters, so both evaluate the same thing
 _SAME_EVALUATION = ("checkpoint", "classification", "templates", "classnames", "dataset_name", "max_images")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from components.serve.triton_server import free_port
+from kubeclip.components.serve.triton_server import free_port
 from tests.conftest import require
 
 

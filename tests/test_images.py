@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from components import images
-from components.export.triton_repo import _PYTHON_FILES
+from kubeclip.components import images
+from kubeclip.components.export.triton_repo import _PYTHON_FILES
 from tests.conftest import ROOT
 
 DOCKERFILES = sorted((ROOT / "images").glob("*.Dockerfile"))
@@ -139,7 +139,7 @@ def test_make_images_builds_each_dockerfile_with_the_names_and_bases_of_componen
     builds = make_images_builds()
     assert sorted(builds) == sorted(PARSED), "`make images` must build every images/*.Dockerfile"
     assert sorted(b["tag"] for b in builds.values()) == sorted([images.RUNTIME_IMAGE, images.TRAIN_IMAGE,
-                                                              images.TRITON_IMAGE])
+                                                              images.TRITON_IMAGE, images.TRANSFORMER_IMAGE])
     for name, build in builds.items():
         dockerfile = PARSED[name]
         assert all(default is None for default in dockerfile.args.values()), \
@@ -159,6 +159,7 @@ def test_bases_agree_with_the_tested_set():
     assert python == f"{sys.version_info.major}.{sys.version_info.minor}", \
         "the runtime base's Python must be the one constraints.txt was resolved (and tested) with"
     assert PYPROJECT["project"]["requires-python"] == f">={python}"
+    assert images.TRANSFORMER_BASE.split(":")[1].split("-")[0] == python  # installs at constraints.txt's versions
     # engines built by trtexec load only in the TensorRT of the serving Triton: one NGC release for both
     assert images.TRITON_BASE.split(":")[1] == images.TENSORRT_IMAGE.split(":")[1] == f"{images.TRITON_RELEASE}-py3"
 
@@ -219,7 +220,7 @@ def files_read_beside_the_source() -> set[str]:
     """Repository files the code reads by a path relative to its own file (module-level constants such as
     `Path(__file__).parents[2] / "manifests" / ...`) that lie outside the installed packages. Found from the
     source with ast, not by importing every module (kserve and tritonclient.grpc cannot share a process)."""
-    packages = ("model", "components", "pipelines")
+    packages = ("kubeclip", "model", "components", "pipelines")
     found = set()
     for package in packages:
         for source in (ROOT / package).rglob("*.py"):
@@ -274,3 +275,49 @@ def test_triton_image_installs_every_library_the_python_models_import():
     installed = {normalize(w.partition("==")[0]) for i, w in enumerate(words)
                  if not w.startswith("-") and words[i - 1] != "-c"}
     assert needed <= installed, f"the Triton image lacks {sorted(needed - installed)}"
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {normalize(re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]) for r in requirements}
+
+
+def module_level_imports(module: str) -> set[str]:
+    """Distributions a module imports at module level, itself and through the kubeclip modules it imports so
+    (read with ast, nothing is imported but the parent packages find_spec needs)."""
+    distributions = importlib.metadata.packages_distributions()
+    needed, seen, todo = set(), set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # its packages' __init__ run first
+        for node in ast.parse(Path(importlib.util.find_spec(name).origin).read_text()).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for imported in names:
+                top = imported.split(".")[0]
+                if top == "kubeclip":
+                    todo.append(imported if importlib.util.find_spec(imported) else imported.rpartition(".")[0])
+                elif top not in sys.stdlib_module_names and top != "__future__":
+                    assert top in distributions, f"{name} imports {top}, which no installed package provides"
+                    needed.update(normalize(d) for d in distributions[top])
+    return needed
+
+
+def test_transformer_extra_holds_what_the_transformer_imports():
+    extra = _requirement_names(PYPROJECT["project"]["optional-dependencies"]["transformer"])
+    assert module_level_imports("kubeclip.components.serve.transformer") <= extra
+    assert {"kserve", "numpy", "pillow", "prometheus-client"} <= extra  # pillow: through queries' image checks
+    assert not extra & {"torch", "torchvision", "tritonclient", "onnxruntime", "nvidia-pytriton"}
+
+
+def test_transformer_image_installs_the_extra_and_kubeclip_without_its_dependencies():
+    (deps, _), (package, _) = PARSED["transformer.Dockerfile"].pip_installs()
+    listed = [w for i, w in enumerate(deps) if not w.startswith("-") and deps[i - 1] != "-c"]
+    extra = PYPROJECT["project"]["optional-dependencies"]["transformer"]
+    assert _requirement_names(listed) == _requirement_names(extra), "the Dockerfile's list must be the extra"
+    assert len(listed) == len(set(listed))
+    assert "--no-deps" in package and package[-1] == ".", "kubeclip itself must bring nothing else (torch)"
+    assert PARSED["transformer.Dockerfile"].entrypoint == ["python", "-m", "kubeclip.components.serve.transformer"]

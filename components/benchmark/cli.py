@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from components.options import add_options, options_from_args
+from kubeclip.components.options import add_options, options_from_args
 
 BENCHMARK_DESCRIPTION = ("Evaluate a checkpoint on one dataset: zero-shot classification (with --linear-probe and "
                          "--robustness) on a classification set, or image-text retrieval on a caption split. "
@@ -15,8 +15,8 @@ GATE_DESCRIPTION = ("Fail (exit 1, with the reason) when the candidate's metrics
 
 
 def add_parser(subparsers) -> None:
-    from components.benchmark.gate import GateOptions
-    from components.benchmark.step import BenchmarkOptions
+    from kubeclip.components.benchmark.gate import GateOptions
+    from kubeclip.components.benchmark.step import BenchmarkOptions
 
     parser = subparsers.add_parser("benchmark", help="zero-shot, linear probe, robustness and retrieval metrics",
                                    description=BENCHMARK_DESCRIPTION, allow_abbrev=False)
@@ -30,15 +30,15 @@ def add_parser(subparsers) -> None:
 
 
 def benchmark_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from components.benchmark.report import headline
-    from components.benchmark.step import benchmark
+    from kubeclip.components.benchmark.report import headline
+    from kubeclip.components.benchmark.step import benchmark
 
     print(json.dumps(headline(benchmark(options_from_args(args, parser)))))
     return 0
 
 
 def gate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from components.benchmark.gate import gate
+    from kubeclip.components.benchmark.gate import gate
 
     print(gate(options_from_args(args, parser))["summary"])
     return 0

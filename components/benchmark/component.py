@@ -4,7 +4,7 @@ folder (metrics.json, report.html, summary.md, lineage.json), its metadata the l
 
 from kfp import dsl
 
-from components.images import RUNTIME_IMAGE
+from kubeclip.components.images import RUNTIME_IMAGE
 
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
@@ -18,9 +18,9 @@ def benchmark_classification(checkpoint: dsl.Input[dsl.Model], dataset: dsl.Inpu
     Empty strings and max_images 0 mean the step's defaults."""
     import shutil
 
-    from components.benchmark.report import headline
-    from components.benchmark.step import BenchmarkOptions, benchmark
-    from components.lineage import lineage_metadata
+    from kubeclip.components.benchmark.report import headline
+    from kubeclip.components.benchmark.step import BenchmarkOptions, benchmark
+    from kubeclip.components.lineage import lineage_metadata
 
     result = benchmark(BenchmarkOptions(
         checkpoint=checkpoint.path, out=results.path,
@@ -41,9 +41,9 @@ def benchmark_retrieval(checkpoint: dsl.Input[dsl.Model], dataset: dsl.Input[dsl
     """Image-text retrieval recall@1/5/10 of `checkpoint` on the caption split `split` of `dataset`."""
     import shutil
 
-    from components.benchmark.report import headline
-    from components.benchmark.step import BenchmarkOptions, benchmark
-    from components.lineage import lineage_metadata
+    from kubeclip.components.benchmark.report import headline
+    from kubeclip.components.benchmark.step import BenchmarkOptions, benchmark
+    from kubeclip.components.lineage import lineage_metadata
 
     result = benchmark(BenchmarkOptions(checkpoint=checkpoint.path, out=results.path, retrieval=dataset.path,
                                         split=split, max_images=max_images or None))
@@ -59,7 +59,7 @@ def gate(candidate: dsl.Input[dsl.Artifact], minimums: list, max_regression: flo
     """Whether `candidate` (a benchmark's results) meets every minimum ("zeroshot.top1=0.5", ...) and does not
     regress beyond `max_regression` from the metrics.json at `baseline`; the reason is in the task's log. A
     pipeline stops the chain with `dsl.If(gate.output == True)`."""
-    from components.benchmark.gate import GateFailed, GateOptions, gate
+    from kubeclip.components.benchmark.gate import GateFailed, GateOptions, gate
 
     try:
         print(gate(GateOptions(candidate=candidate.path, baseline=baseline or None, min=list(minimums),

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import model
+from kubeclip import model
 
 
 class Encoder(Protocol):

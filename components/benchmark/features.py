@@ -12,8 +12,8 @@ import fsspec
 import torch
 from tqdm import tqdm
 
-from components.benchmark.encoders import Encoder
-from components.datasets import captions, image_bytes, labelled_images, split_samples
+from kubeclip.components.benchmark.encoders import Encoder
+from kubeclip.components.datasets import captions, image_bytes, labelled_images, split_samples
 
 CHUNK = 1024  # images per encoder call: big enough for any batch size, small enough to stream
 _T = TypeVar("_T")

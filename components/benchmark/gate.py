@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import fsspec
 
-from components.options import option
+from kubeclip.components.options import option
 
 _SLACK = 1e-9  # 0.50 - 0.49 is 0.010000000000000009 in floats; a regression of exactly the tolerance passes
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import model
-from model.config import CLIPConfig
-from model.tokenizer import load_tokenizer
+from kubeclip import model
+from kubeclip.model.config import CLIPConfig
+from kubeclip.model.tokenizer import load_tokenizer
 
 
 class OnnxEncoder:

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from threadpoolctl import threadpool_limits
 
-from components.benchmark.zeroshot import accuracy, confusion_matrix, per_class_recall
+from kubeclip.components.benchmark.zeroshot import accuracy, confusion_matrix, per_class_recall
 
 C_GRID = tuple(10.0 ** e for e in range(-2, 5))  # embeddings are unit vectors, so useful C runs large
 MAX_FOLDS = 5

@@ -12,8 +12,8 @@ import io
 import numpy as np
 from matplotlib.figure import Figure
 
-from components.benchmark.gate import lookup
-from components.benchmark.retrieval import KS
+from kubeclip.components.benchmark.gate import lookup
+from kubeclip.components.benchmark.retrieval import KS
 
 MAX_CLASSES_SHOWN = 40  # beyond this the per-class plot shows the worst and best 20
 HEADLINE = {

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from components.benchmark.encoders import Encoder
-from components.benchmark.features import embed_captioned
+from kubeclip.components.benchmark.encoders import Encoder
+from kubeclip.components.benchmark.features import embed_captioned
 
 KS = (1, 5, 10)
 

@@ -17,10 +17,10 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageFilter
 
-from components.benchmark.encoders import Encoder
-from components.benchmark.features import embed_labelled
-from components.benchmark.probe import Probe
-from components.benchmark.zeroshot import TextClassifier, accuracy
+from kubeclip.components.benchmark.encoders import Encoder
+from kubeclip.components.benchmark.features import embed_labelled
+from kubeclip.components.benchmark.probe import Probe
+from kubeclip.components.benchmark.zeroshot import TextClassifier, accuracy
 
 SEVERITIES = (1, 2, 3, 4, 5)
 _NOISE_STD = (0.08, 0.12, 0.18, 0.26, 0.38)  # of the 0-1 pixel range

@@ -11,25 +11,29 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import fsspec
 import torch
 
-import model
-from components.benchmark import retrieval, robustness
-from components.benchmark.cache import DEFAULT_DIR, ClassifierCache
-from components.benchmark.encoders import Encoder, TorchEncoder
-from components.benchmark.features import embed_labelled, split_size
-from components.benchmark.probe import linear_probe
-from components.benchmark.report import render_html, render_markdown
-from components.benchmark.robustness import CORRUPTIONS, SEVERITIES
-from components.benchmark.templates import BUILTIN, resolve_classnames, resolve_templates
-from components.benchmark.zeroshot import scores, text_classifier
-from components.datasets import class_names
-from components.lineage import file_sha256, write_lineage
-from components.options import option
-from model.checkpoint import find_weights
+from kubeclip import model
+from kubeclip.components.benchmark import retrieval, robustness
+from kubeclip.components.benchmark.cache import DEFAULT_DIR, ClassifierCache
+from kubeclip.components.benchmark.encoders import Encoder, TorchEncoder
+from kubeclip.components.benchmark.features import embed_labelled, split_size
+from kubeclip.components.benchmark.probe import linear_probe
+from kubeclip.components.benchmark.report import render_html, render_markdown
+from kubeclip.components.benchmark.robustness import CORRUPTIONS, SEVERITIES
+from kubeclip.components.benchmark.templates import BUILTIN, resolve_classnames, resolve_templates
+from kubeclip.components.benchmark.zeroshot import scores, text_classifier
+from kubeclip.components.datasets import class_names
+from kubeclip.components.lineage import file_sha256, write_lineage
+from kubeclip.components.options import option
+from kubeclip.components.storage import local_copy
+from kubeclip.components.train.checkpoints import local_weights
 
 
 @dataclass(kw_only=True)
@@ -71,25 +75,25 @@ def benchmark(opts: BenchmarkOptions) -> dict:
     """Evaluate `opts.checkpoint` on one dataset; returns what it writes to metrics.json."""
     started = time.time()
     _check(opts)
-    weights = find_weights(opts.checkpoint)
-    weights_sha256 = file_sha256(str(weights))
-    encoder = _encoder(opts, weights)
-    metrics: dict = {"model": {"id": weights_sha256[:12], "checkpoint": str(opts.checkpoint), "backend": opts.backend}}
-    inputs = {"checkpoint": {"url": str(weights), "sha256": weights_sha256}}
-    if opts.classification:
-        # each backend computes its own classifier: the cache must not hand one backend's to another
-        cache = ClassifierCache(opts.cache_dir, f"{weights_sha256}-{opts.backend}") if opts.cache else None
-        metrics.update(classification(encoder, opts, cache))
-        inputs["classification"] = _dataset_input(opts.classification)
-        for flag in ("templates", "classnames"):
-            url = getattr(opts, flag)
-            if url and url not in BUILTIN:
-                inputs[flag] = {"url": url, "sha256": file_sha256(url)}
-    else:
-        root = opts.retrieval.rstrip("/")
-        metrics["dataset"] = {"name": _name(root), "path": root, "split": opts.split, "task": "retrieval"}
-        metrics["retrieval"] = retrieval.evaluate(encoder, root, opts.split, opts.max_images)
-        inputs["retrieval"] = _dataset_input(root)
+    with local_weights(opts.checkpoint) as (weights_url, weights), _encoder(opts, weights) as encoder:
+        weights_sha256 = file_sha256(str(weights))
+        metrics: dict = {"model": {"id": weights_sha256[:12], "checkpoint": str(opts.checkpoint),
+                                   "backend": opts.backend}}
+        inputs = {"checkpoint": {"url": weights_url, "sha256": weights_sha256}}
+        if opts.classification:
+            # each backend computes its own classifier: the cache must not hand one backend's to another
+            cache = ClassifierCache(opts.cache_dir, f"{weights_sha256}-{opts.backend}") if opts.cache else None
+            metrics.update(classification(encoder, opts, cache))
+            inputs["classification"] = _dataset_input(opts.classification)
+            for flag in ("templates", "classnames"):
+                url = getattr(opts, flag)
+                if url and url not in BUILTIN:
+                    inputs[flag] = {"url": url, "sha256": file_sha256(url)}
+        else:
+            root = opts.retrieval.rstrip("/")
+            metrics["dataset"] = {"name": _name(root), "path": root, "split": opts.split, "task": "retrieval"}
+            metrics["retrieval"] = retrieval.evaluate(encoder, root, opts.split, opts.max_images)
+            inputs["retrieval"] = _dataset_input(root)
     metrics.setdefault("timing", {})["total_seconds"] = time.time() - started
 
     _write(opts.out, "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -170,16 +174,20 @@ def _name(root: str) -> str:
     return root.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _encoder(opts: BenchmarkOptions, weights) -> Encoder:
+@contextmanager
+def _encoder(opts: BenchmarkOptions, weights: Path) -> Iterator[Encoder]:
+    """The backend's encoder, while the local copies of remote files it reads (a tokenizer, on first use) last."""
     if opts.backend == "torch":
-        return TorchEncoder(model.load(weights), _device(opts.device), opts.batch_size)
-    if opts.backend == "onnx":
-        from components.benchmark.onnx_encoder import OnnxEncoder
+        yield TorchEncoder(model.load(weights), _device(opts.device), opts.batch_size)
+    elif opts.backend == "onnx":
+        from kubeclip.components.benchmark.onnx_encoder import OnnxEncoder
 
-        return OnnxEncoder(opts.export, batch_size=opts.batch_size)
-    from components.serve.encoder import TritonEncoder
+        with local_copy(opts.export) as export:
+            yield OnnxEncoder(export, batch_size=opts.batch_size)
+    else:
+        from kubeclip.components.serve.encoder import TritonEncoder
 
-    return TritonEncoder(opts.url, opts.protocol)
+        yield TritonEncoder(opts.url, opts.protocol)
 
 
 def _dataset_input(root: str) -> dict:

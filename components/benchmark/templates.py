@@ -11,20 +11,9 @@ import json
 
 import fsspec
 
-from components.prepare.synthetic import COMPOSITION_TEMPLATES, COUNT_TEMPLATES
+from kubeclip.components.prepare.synthetic import COMPOSITION_TEMPLATES, COUNT_TEMPLATES
+from kubeclip.model.prompts import ENSEMBLE, PLAIN, template_problem
 
-PLAIN = ("a photo of a {c}.",)
-# OpenAI's CIFAR prompt ensemble (CLIP paper, sec. 3.1.4): photo qualities and sizes that describe
-# most natural-image datasets. Its first template is PLAIN's, so single_template_top1 means the same
-# thing for both sets.
-ENSEMBLE = (
-    "a photo of a {c}.", "a blurry photo of a {c}.", "a black and white photo of a {c}.",
-    "a low contrast photo of a {c}.", "a high contrast photo of a {c}.", "a bad photo of a {c}.",
-    "a good photo of a {c}.", "a photo of a small {c}.", "a photo of a big {c}.", "a photo of the {c}.",
-    "a blurry photo of the {c}.", "a black and white photo of the {c}.", "a low contrast photo of the {c}.",
-    "a high contrast photo of the {c}.", "a bad photo of the {c}.", "a good photo of the {c}.",
-    "a photo of the small {c}.", "a photo of the big {c}.",
-)
 # Named like the synthetic evaluation sets (eval/compositions, eval/counts), so those pick their own.
 BUILTIN = {"plain": PLAIN, "ensemble": ENSEMBLE, "compositions": COMPOSITION_TEMPLATES, "counts": COUNT_TEMPLATES}
 
@@ -59,17 +48,6 @@ def check_templates(templates: list[str], source: str) -> list[str]:
         if problem := template_problem(template):
             raise SystemExit(f"{source}: {problem}")
     return templates
-
-
-def template_problem(template: str) -> str | None:
-    """Why `template` is not a usable prompt template, or None when it is."""
-    try:
-        filled = template.format(c="\0")
-    except (KeyError, IndexError, ValueError) as e:
-        return f"template {template!r} is not a format string with only {{c}}: {e}"
-    if "\0" not in filled:
-        return f"template {template!r} has no {{c}} placeholder"
-    return None
 
 
 def _entry(path: str, dataset_name: str, what: str) -> list[str]:

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from components.benchmark.cache import ClassifierCache
-from components.benchmark.encoders import Encoder
-from components.benchmark.features import embed_labelled
-from components.datasets import class_names
+from kubeclip.components.benchmark.cache import ClassifierCache
+from kubeclip.components.benchmark.encoders import Encoder
+from kubeclip.components.benchmark.features import embed_labelled
+from kubeclip.components.datasets import class_names
+from kubeclip.model.prompts import build_prompts
 
 _CLASSES_PER_CALL = 64  # prompts go to the encoder a few classes at a time, for the progress bar
 
@@ -33,7 +34,7 @@ def text_classifier(encoder: Encoder, classnames: list[str], templates: list[str
     with tqdm(total=len(classnames), unit="class", desc="text classifier", mininterval=1, disable=None) as progress:
         for start in range(0, len(classnames), _CLASSES_PER_CALL):
             names = classnames[start:start + _CLASSES_PER_CALL]
-            texts = [template.format(c=name) for name in names for template in templates]
+            texts = build_prompts(names, templates)
             per_class.append(encoder.encode_texts(texts).view(len(names), len(templates), -1))
             progress.update(len(names))
     embeddings = torch.cat(per_class)  # [C, T, D]

@@ -2,7 +2,7 @@
 
 from kfp import dsl
 
-from components.images import RUNTIME_IMAGE
+from kubeclip.components.images import RUNTIME_IMAGE
 
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
@@ -10,7 +10,7 @@ def deploy(repository: dsl.Input[dsl.Model], namespace: str, name: str = "clip",
            prometheus_url: str = "", dry_run: bool = False) -> str:
     """Create or patch the InferenceService to serve `repository`; returns what happened (deployed, promoted,
     dry-run). A failed canary rolls back and fails the task with the reason."""
-    from components.deploy.step import DeployOptions, deploy
+    from kubeclip.components.deploy.step import DeployOptions, deploy
 
     result = deploy(DeployOptions(name=name, namespace=namespace, storage_uri=repository.uri,
                                   model_id=repository.metadata.get("kubeclip_model_id"),

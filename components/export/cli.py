@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from components.options import add_options, options_from_args
+from kubeclip.components.options import add_options, options_from_args
 
 
 def add_parser(subparsers) -> None:
-    from components.export.step import ExportOptions
+    from kubeclip.components.export.step import ExportOptions
 
     parser = subparsers.add_parser(
         "export", help="PyTorch -> ONNX image and text towers (+ fp16, int8, TensorRT on GPUs), with parity gates",
@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
 
 
 def command(args, parser) -> int:
-    from components.export.step import export
+    from kubeclip.components.export.step import export
 
     report = export(options_from_args(args, parser))
     print(json.dumps({"artifacts": report["artifacts"], "tensorrt": report["tensorrt"]}))

@@ -3,7 +3,7 @@ TensorRT engines built in the TensorRT container on a GPU node and gated against
 
 from kfp import dsl
 
-from components.images import RUNTIME_IMAGE, TENSORRT_IMAGE
+from kubeclip.components.images import RUNTIME_IMAGE, TENSORRT_IMAGE
 
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
@@ -13,10 +13,10 @@ def export(checkpoint: dsl.Input[dsl.Model], exported: dsl.Output[dsl.Model], pa
     lineage; the parity figures as metrics. With `tensorrt`, also the inputs and script of the TensorRT step."""
     from pathlib import Path
 
-    from components.export import tensorrt as trt
-    from components.export.step import ExportOptions, export
-    from components.export.triton_repo import model_id_of
-    from components.lineage import lineage_metadata
+    from kubeclip.components.export import tensorrt as trt
+    from kubeclip.components.export.step import ExportOptions, export
+    from kubeclip.components.export.triton_repo import model_id_of
+    from kubeclip.components.lineage import lineage_metadata
 
     report = export(ExportOptions(checkpoint=checkpoint.path, out=exported.path, fp16=fp16, int8=int8, opset=opset,
                                   parity_images=parity_images))
@@ -45,7 +45,7 @@ def export_tensorrt_check(engines: dsl.Input[dsl.Model], checked: dsl.Output[dsl
     import shutil
     from pathlib import Path
 
-    from components.export import tensorrt as trt
+    from kubeclip.components.export import tensorrt as trt
 
     shutil.copytree(engines.path, checked.path)
     report = trt.check(Path(checked.path))
@@ -60,8 +60,8 @@ def package(exported: dsl.Input[dsl.Model], repository: dsl.Output[dsl.Model], f
             precision: str = "fp32", version: int = 1):
     """The Triton model repository of an export (`kubeclip triton-repo`); its metadata carries the model id and
     the lineage back to the training data."""
-    from components.export.triton_repo import TritonRepoOptions, triton_repo
-    from components.lineage import lineage_metadata
+    from kubeclip.components.export.triton_repo import TritonRepoOptions, triton_repo
+    from kubeclip.components.lineage import lineage_metadata
 
     summary = triton_repo(TritonRepoOptions(export=exported.path, out=repository.path, flavor=flavor,
                                             precision=precision, version=version))

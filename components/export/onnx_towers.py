@@ -22,7 +22,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers import float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 
-import model
+from kubeclip import model
 
 IMAGE_ONNX, TEXT_ONNX = "image_encoder.onnx", "text_encoder.onnx"
 PRECISIONS = ("fp32", "fp16", "int8")  # the variants of each tower: NAME.onnx, NAME.fp16.onnx, NAME.int8.onnx

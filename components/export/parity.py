@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from components.benchmark.encoders import Encoder
-from components.benchmark.zeroshot import classifier
-from components.datasets import class_names, labelled_images
-from components.prepare import synthetic
+from kubeclip.components.benchmark.encoders import Encoder
+from kubeclip.components.benchmark.zeroshot import classifier
+from kubeclip.components.datasets import class_names, labelled_images
+from kubeclip.components.prepare import synthetic
+from kubeclip.model.prompts import build_prompts
 
 EXTRA_TEXTS = ["", "a photo.", "A RED Circle On A Grey Background!", "two blue squares and " * 40]
 # int8 moves embeddings measurably, so its gate also asks that zero-shot predictions stay put
@@ -29,7 +30,7 @@ class ParitySet:
 
     @property
     def texts(self) -> list[str]:
-        return [t.format(c=c) for c in self.classnames for t in self.templates] + EXTRA_TEXTS
+        return build_prompts(self.classnames, self.templates) + EXTRA_TEXTS
 
 
 def parity_set(root: str | None, image_size: int, max_images: int = 64) -> ParitySet:

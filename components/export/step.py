@@ -12,15 +12,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import model
-from components.benchmark.encoders import TorchEncoder
-from components.benchmark.onnx_encoder import OnnxEncoder
-from components.export import tensorrt
-from components.export.onnx_towers import IMAGE_ONNX, PRECISIONS, TEXT_ONNX, export_towers, to_fp16, to_int8, variant
-from components.export.parity import gate, parity_set, tower_parity
-from components.lineage import file_sha256, write_lineage
-from components.options import option
-from model.checkpoint import find_weights, save_config_and_tokenizer
+from kubeclip import model
+from kubeclip.components.benchmark.encoders import TorchEncoder
+from kubeclip.components.benchmark.onnx_encoder import OnnxEncoder
+from kubeclip.components.export import tensorrt
+from kubeclip.components.export.onnx_towers import IMAGE_ONNX, PRECISIONS, TEXT_ONNX, export_towers, to_fp16, to_int8, variant
+from kubeclip.components.export.parity import gate, parity_set, tower_parity
+from kubeclip.components.lineage import LINEAGE, file_sha256, write_lineage
+from kubeclip.components.options import option
+from kubeclip.components.storage import local_output
+from kubeclip.components.train.checkpoints import local_weights
+from kubeclip.model.checkpoint import save_config_and_tokenizer
 
 REPORT = "export_report.json"
 
@@ -43,26 +45,25 @@ class ExportOptions:
 
 
 def export(opts: ExportOptions) -> dict:
+    """Export, check parity and write the report and lineage (published whatever the verdict); then fail on a
+    missed gate. A remote --checkpoint is fetched first; a remote --out is built locally and uploaded."""
     started = time.time()
-    out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    clip = model.load(opts.checkpoint)
-    export_towers(clip, out, opts.opset)
-    if opts.fp16:
-        to_fp16(out / IMAGE_ONNX), to_fp16(out / TEXT_ONNX)
-    if opts.int8:
-        to_int8(out / IMAGE_ONNX), to_int8(out / TEXT_ONNX)
-    save_config_and_tokenizer(clip, out)
-
-    report = verify(clip, out, opts.parity_data, opts.parity_images)
-    write_lineage(str(out), "export", {"checkpoint": {"url": opts.checkpoint,
-                                                      "sha256": file_sha256(str(find_weights(opts.checkpoint)))}},
-                  asdict(opts), started)
-    check_gates(report, out / REPORT)
+    with local_weights(opts.checkpoint) as (_, weights), local_output(opts.out, last=(LINEAGE,)) as out:
+        clip = model.load(weights)
+        export_towers(clip, out, opts.opset)
+        if opts.fp16:
+            to_fp16(out / IMAGE_ONNX), to_fp16(out / TEXT_ONNX)
+        if opts.int8:
+            to_int8(out / IMAGE_ONNX), to_int8(out / TEXT_ONNX)
+        save_config_and_tokenizer(clip, out)
+        report = verify(clip, out, opts.parity_data, opts.parity_images)
+        write_lineage(str(out), "export", {"checkpoint": {"url": opts.checkpoint, "sha256": file_sha256(str(weights))}},
+                      asdict(opts), started)
+    check_gates(report, f"{opts.out.rstrip('/')}/{REPORT}")
     return report
 
 
-def check_gates(report: dict, report_path: Path) -> None:
+def check_gates(report: dict, report_path: str | Path) -> None:
     failed = [f"{name}: {metric} {g['value']:.6g} (gate {g['threshold']:g})"
               for name, gates in report["gates"].items() for metric, g in gates.items() if not g["passed"]]
     if failed:

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import torch
 
-from components.export.onnx_towers import IMAGE_ONNX, TEXT_ONNX
+from kubeclip.components.export.onnx_towers import IMAGE_ONNX, TEXT_ONNX
 
 TOWERS = (IMAGE_ONNX, TEXT_ONNX)
 PARITY_BATCH = 8  # items per tower that the engines and ONNX Runtime both embed
@@ -90,8 +90,8 @@ def check(export_dir: Path) -> dict:
     report; raises ExportGateError when a gate fails."""
     import onnxruntime as ort
 
-    from components.export.parity import compare, gate
-    from components.export.step import REPORT, check_gates
+    from kubeclip.components.export.parity import compare, gate
+    from kubeclip.components.export.step import REPORT, check_gates
 
     report = json.loads((export_dir / REPORT).read_text())
     for name in TOWERS:

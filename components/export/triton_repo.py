@@ -24,18 +24,22 @@ from pathlib import Path
 import onnx
 from PIL import Image
 
-import model
-from components.export.onnx_towers import IMAGE_ONNX, PRECISIONS, TEXT_INPUTS, TEXT_INPUTS_HF, TEXT_ONNX, variant
-from components.lineage import file_sha256, write_lineage
-from components.options import option
-from components.serve import model_config as mc
-from components.serve.triton_models import SOURCES
+from kubeclip import model
+from kubeclip.components.export.onnx_towers import (IMAGE_ONNX, PRECISIONS, TEXT_INPUTS, TEXT_INPUTS_HF, TEXT_ONNX,
+                                                    variant)
+from kubeclip.components.lineage import LINEAGE, file_sha256, write_lineage
+from kubeclip.components.options import option
+from kubeclip.components.serve import model_config as mc
+from kubeclip.components.serve.triton_models import SOURCES
+from kubeclip.components.serve.triton_models.image_decode import ImagePolicy
+from kubeclip.components.storage import local_copy, local_output
 
 TOKENIZER, PREPROCESS = "clip_tokenizer", "clip_image_preprocess"
 TEXT_ENCODER, IMAGE_ENCODER = "clip_text_encoder", "clip_image_encoder"
 EMBED_TEXT, EMBED_IMAGE = "clip_embed_text", "clip_embed_image"
 MODELS = (TOKENIZER, PREPROCESS, TEXT_ENCODER, IMAGE_ENCODER, EMBED_TEXT, EMBED_IMAGE)
 FLAVORS = ("gpu", "cpu")
+ENSEMBLE_KEEP = "KEEP.txt"  # in each ensemble's version folder, which holds nothing else
 PLAN_MAX_BATCH = 64  # the batch profile components/export/tensorrt.py builds plans for
 _ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
                onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT64: "TYPE_INT64"}
@@ -43,6 +47,7 @@ _TOKENIZER_OUTPUTS = {"clip_bpe": TEXT_INPUTS, "hf": TEXT_INPUTS_HF}  # what the
 # each Python model's version folder: file name there -> its source; the tokenizer and the pixels are
 # model/'s own files, copied, so serving computes exactly what training and evaluation do
 _MODEL_DIR = Path(model.__file__).parent
+IMAGES = ImagePolicy()  # the image limits' defaults
 _PYTHON_FILES = {
     TOKENIZER: {"model.py": SOURCES / "tokenizer_model.py", "clip_bpe.py": _MODEL_DIR / "tokenizer.py",
                 "triton_io.py": SOURCES / "triton_io.py"},
@@ -72,17 +77,31 @@ class TritonRepoOptions:
                                            "batch (the tokenizer and preprocessing batch only what is queued)")
     encoder_instances: int = option(1, "instances of each encoder (per GPU in the gpu flavor)")
     python_instances: int = option(2, "instances of the tokenizer and of the image preprocessing (CPU processes)")
-    max_image_bytes: int = option(10 * 2**20, "largest encoded image accepted, in bytes")
-    max_image_pixels: int = option(40_000_000, "largest image accepted, in pixels (width x height)")
+    max_image_bytes: int = option(IMAGES.max_bytes, "largest encoded image accepted, in bytes")
+    max_image_pixels: int = option(IMAGES.max_pixels, "largest image accepted, in pixels (width x height), also "
+                                                      "once its shorter side is scaled to the model's input")
+    max_aspect_ratio: float = option(IMAGES.max_aspect_ratio, "widest aspect ratio accepted (long side / short)")
+    image_formats: str = option(",".join(IMAGES.formats), "image formats accepted (Pillow's names, comma-separated)")
     max_text_bytes: int = option(16384, "longest text accepted, in UTF-8 bytes")
     trt_cache_dir: str = option("/tmp/kubeclip-trt-cache", "gpu flavor: where ONNX Runtime caches TensorRT engines "
                                                            "(a writable volume in the serving pod)")
 
 
 def triton_repo(opts: TritonRepoOptions) -> dict:
-    """Write the repository; returns a summary (models with their platform or backend, the model id)."""
+    """Write the repository; returns a summary (models with their platform or backend, the model id). A remote
+    --export is fetched first; a remote --out is built locally and uploaded, lineage.json last."""
     started = time.time()
-    export, out = Path(opts.export), Path(opts.out)
+    replaced = [f"{name}/{opts.version}" for name in MODELS]  # models already there are replaced at this version
+    with local_copy(opts.export) as export, local_output(opts.out, last=(LINEAGE,), replace=replaced) as out:
+        configs, model_id = _write(opts, Path(export), out, started)
+    return {"repository": opts.out, "flavor": opts.flavor, "precision": opts.precision, "version": opts.version,
+            "model_id": model_id,
+            "models": {name: c.get("backend") or c.get("platform") for name, c in configs.items()}}
+
+
+def _write(opts: TritonRepoOptions, export: Path, out: Path, started: float) -> tuple[dict[str, dict], str]:
+    """The repository of the local export folder `export` into the local folder `out`: each model's config and
+    the model id."""
     _check(opts, export)
     model_id = model_id_of(export)
     t = _Tensors.of(json.loads((export / "config.json").read_text()), _tokenizer_outputs(export))
@@ -103,7 +122,8 @@ def triton_repo(opts: TritonRepoOptions) -> dict:
             mc.warmup(t.text, [1], {"TEXT": _warmup_file(out / TOKENIZER, "text", b"a photo of a cat.")})),
         PREPROCESS: mc.python_model(
             PREPROCESS, no_wait, t.image, t.pixels, opts.python_instances,
-            {**common, "max_image_bytes": opts.max_image_bytes, "max_image_pixels": opts.max_image_pixels},
+            {**common, "max_image_bytes": opts.max_image_bytes, "max_image_pixels": opts.max_image_pixels,
+             "max_aspect_ratio": opts.max_aspect_ratio, "image_formats": opts.image_formats},
             mc.warmup(t.image, [1], {"IMAGE": _warmup_file(out / PREPROCESS, "image", _warmup_png())})),
         TEXT_ENCODER: _encoder(opts, out, export, TEXT_ENCODER, text_onnx, t.ids, t.embedding, scheduling, common),
         IMAGE_ENCODER: _encoder(opts, out, export, IMAGE_ENCODER, image_onnx, t.pixels, t.embedding, scheduling,
@@ -117,12 +137,10 @@ def triton_repo(opts: TritonRepoOptions) -> dict:
         (out / name / "config.pbtxt").write_text(mc.render(config) + "\n")
 
     inputs = {"export": {"url": opts.export, "model_id": model_id}}
-    inputs.update({name: {"url": str(export / f), "sha256": file_sha256(str(export / f))}
+    inputs.update({name: {"url": f"{opts.export.rstrip('/')}/{f}", "sha256": file_sha256(str(export / f))}
                    for name, f in (("image_encoder", image_onnx), ("text_encoder", text_onnx))})
     write_lineage(str(out), "triton-repo", inputs, asdict(opts), started)
-    return {"repository": str(out), "flavor": opts.flavor, "precision": opts.precision, "version": opts.version,
-            "model_id": model_id,
-            "models": {name: c.get("backend") or c.get("platform") for name, c in configs.items()}}
+    return configs, model_id
 
 
 @dataclass(frozen=True)
@@ -181,6 +199,12 @@ def _check(opts: TritonRepoOptions, export: Path) -> None:
                               "(on GPUs, fp32 or fp16 ONNX runs with TensorRT in fp16)")
     if opts.version < 1 or opts.max_batch_size < 1 or opts.encoder_instances < 1 or opts.python_instances < 1:
         raise RepositoryError("--version, --max-batch-size and the instance counts must be at least 1")
+    Image.init()
+    if unknown := sorted(set(opts.image_formats.split(",")) - set(Image.OPEN)):
+        raise RepositoryError(f"--image-formats: Pillow has no decoder named {', '.join(unknown)} "
+                              f"(it has {', '.join(sorted(Image.OPEN))})")
+    if opts.max_aspect_ratio < 1:
+        raise RepositoryError("--max-aspect-ratio must be at least 1")
     missing = [f for f in (IMAGE_ONNX, TEXT_ONNX, "config.json", "tokenizer") if not (export / f).exists()]
     if missing:
         raise RepositoryError(f"{export}: not an export folder, missing {', '.join(missing)}")
@@ -235,8 +259,10 @@ def _ensemble(out: Path, version: int, name: str, inputs: list[dict], first: str
               outputs: list[dict], scheduling: mc.Scheduling, common: dict) -> dict:
     """`first` turns the ensemble's input into the encoder's inputs `middle` (ids, and a Hugging Face
     tokenizer's attention mask); the encoder's `embedding` becomes EMBEDDING. Tensors keep their names
-    from model to model."""
-    _model_dir(out, name, version, {})
+    from kubeclip.model to model."""
+    (_model_dir(out, name, version, {}) / ENSEMBLE_KEEP).write_text(
+        "An ensemble has no files of its own, but Triton needs its version folder, and object stores hold no empty "
+        "folders (KServe's storage initializer also skips empty objects): this file keeps the folder.\n")
     source, between = inputs[0]["name"], {t["name"]: t["name"] for t in middle}
     return mc.ensemble(name, scheduling, inputs, outputs, [
         (first, {source: source}, between),
@@ -244,10 +270,8 @@ def _ensemble(out: Path, version: int, name: str, inputs: list[dict], first: str
 
 
 def _model_dir(out: Path, name: str, version: int, files: dict[str, Path]) -> Path:
-    """A fresh `out/name/version/` holding `files` (name there -> source file)."""
+    """`out/name/version/` (emptied beforehand by `local_output`) holding `files` (name there -> source file)."""
     version_dir = out / name / str(version)
-    if version_dir.exists():
-        shutil.rmtree(version_dir)
     version_dir.mkdir(parents=True)
     for target, source in files.items():
         shutil.copyfile(source, version_dir / target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from components.options import add_options, options_from_args
+from kubeclip.components.options import add_options, options_from_args
 
 SOURCES = {
     "synthetic": ("SyntheticOptions", "prepare_synthetic",
@@ -19,7 +19,7 @@ SOURCES = {
 
 
 def add_parser(subparsers) -> None:
-    from components.prepare import merge, step
+    from kubeclip.components.prepare import merge, step
 
     parser = subparsers.add_parser(
         "prepare", help="validate, dedupe, resize and shard image-text pairs (WebDataset)",

@@ -5,7 +5,7 @@ from typing import List
 
 from kfp import dsl
 
-from components.images import RUNTIME_IMAGE
+from kubeclip.components.images import RUNTIME_IMAGE
 
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
@@ -13,8 +13,8 @@ def prepare_synthetic(dataset: dsl.Output[dsl.Dataset], samples: int = 10000, se
                       shard_size: int = 1000, val_fraction: float = 0.05, eval_samples_per_class: int = 50,
                       partition: str = "0/1"):
     """Draw the synthetic image-caption dataset (one partition of it) into `dataset`."""
-    from components.lineage import lineage_metadata
-    from components.prepare.step import SyntheticOptions, prepare_synthetic
+    from kubeclip.components.lineage import lineage_metadata
+    from kubeclip.components.prepare.step import SyntheticOptions, prepare_synthetic
 
     manifest = prepare_synthetic(SyntheticOptions(
         out=dataset.path, samples=samples, seed=seed, image_size=image_size, shard_size=shard_size,
@@ -28,8 +28,8 @@ def prepare_captions(dataset: dsl.Output[dsl.Dataset], captions: str, images: st
                      shard_size: int = 1000, val_fraction: float = 0.05, split_files: list = [],
                      partition: str = "0/1"):
     """Prepare image-caption rows (TSV/CSV/JSONL at a path or fsspec URL) into `dataset`."""
-    from components.lineage import lineage_metadata
-    from components.prepare.step import CaptionsOptions, prepare_captions
+    from kubeclip.components.lineage import lineage_metadata
+    from kubeclip.components.prepare.step import CaptionsOptions, prepare_captions
 
     manifest = prepare_captions(CaptionsOptions(
         out=dataset.path, captions=captions, images=images, image_size=image_size, shard_size=shard_size,
@@ -41,8 +41,8 @@ def prepare_captions(dataset: dsl.Output[dsl.Dataset], captions: str, images: st
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
 def prepare_merge(parts: dsl.Input[List[dsl.Dataset]], dataset: dsl.Output[dsl.Dataset]):
     """Combine the partitions' datasets into one."""
-    from components.lineage import lineage_metadata
-    from components.prepare.merge import MergeOptions, merge
+    from kubeclip.components.lineage import lineage_metadata
+    from kubeclip.components.prepare.merge import MergeOptions, merge
 
     manifest = merge(MergeOptions(out=dataset.path, parts=[part.path for part in parts]))
     dataset.metadata.update({k: manifest[k] for k in ("rows_in", "rows_written", "rows_rejected")},

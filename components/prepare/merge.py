@@ -6,9 +6,9 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from components.lineage import write_lineage
-from components.options import option
-from components.prepare.shards import MANIFEST, REJECTS, Output, sha256
+from kubeclip.components.lineage import write_lineage
+from kubeclip.components.options import option
+from kubeclip.components.prepare.shards import MANIFEST, REJECTS, Output, sha256
 
 
 @dataclass(kw_only=True)

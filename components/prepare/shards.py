@@ -13,7 +13,7 @@ from typing import Any
 
 import fsspec
 
-from components.storage import atomic_write
+from kubeclip.components.storage import atomic_write
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"

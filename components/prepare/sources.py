@@ -20,8 +20,8 @@ from pathlib import PurePosixPath
 
 import fsspec
 
-from components.prepare import synthetic
-from components.prepare.images import Rejected, read_file
+from kubeclip.components.prepare import synthetic
+from kubeclip.components.prepare.images import Rejected, read_file
 
 
 class Row(NamedTuple):  # a tuple: there are millions, made and passed around fast

@@ -32,12 +32,12 @@ from typing import Any
 import fsspec
 from tqdm import tqdm
 
-from components.lineage import file_sha256, write_lineage
-from components.options import option
-from components.prepare import sources
-from components.prepare.images import Encoded, ImageLimits, Rejected, process
-from components.prepare.shards import MANIFEST, REJECTS, Output, sha256, tar_archive, tar_members
-from components.prepare.sources import Reject, Row
+from kubeclip.components.lineage import file_sha256, write_lineage
+from kubeclip.components.options import option
+from kubeclip.components.prepare import sources
+from kubeclip.components.prepare.images import Encoded, ImageLimits, Rejected, process
+from kubeclip.components.prepare.shards import MANIFEST, REJECTS, Output, sha256, tar_archive, tar_members
+from kubeclip.components.prepare.sources import Reject, Row
 
 
 @dataclass(kw_only=True)

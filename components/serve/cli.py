@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 
-from components.options import add_options, options_from_args
+from kubeclip.components.options import add_options, options_from_args
 
 
 def add_parser(subparsers) -> None:
-    from components.export.triton_repo import TritonRepoOptions
-    from components.serve import commands
-    from components.serve.triton_server import ServeOptions
+    from kubeclip.components.export.triton_repo import TritonRepoOptions
+    from kubeclip.components.serve import commands
+    from kubeclip.components.serve.triton_server import ServeOptions
 
     parser = subparsers.add_parser(
         "triton-repo", help="package an export folder as a Triton model repository (tokenizer, preprocessing, "
@@ -46,14 +46,14 @@ def add_parser(subparsers) -> None:
 
 
 def _triton_repo(args, parser) -> int:
-    from components.export.triton_repo import triton_repo
+    from kubeclip.components.export.triton_repo import triton_repo
 
     print(json.dumps(triton_repo(options_from_args(args, parser))))
     return 0
 
 
 def _serve(args, parser) -> int:
-    from components.serve.triton_server import serve
+    from kubeclip.components.serve.triton_server import serve
 
     return serve(options_from_args(args, parser))
 

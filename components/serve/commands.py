@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.options import option
-from components.serve.client import EmbeddingClient
-from components.serve.encoder import TritonEncoder, zero_shot
+from kubeclip.components.options import option
+from kubeclip.components.serve.client import EmbeddingClient
+from kubeclip.components.serve.encoder import TritonEncoder, zero_shot
 
 
 @dataclass(kw_only=True)

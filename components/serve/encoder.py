@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from components.benchmark.encoders import Encoder
-from components.benchmark.templates import check_templates
-from components.benchmark.zeroshot import classifier
-from components.serve.client import EmbeddingClient
+from kubeclip.components.benchmark.encoders import Encoder
+from kubeclip.components.benchmark.templates import check_templates
+from kubeclip.components.benchmark.zeroshot import classifier
+from kubeclip.components.serve.client import EmbeddingClient
 
 
 class TritonEncoder:

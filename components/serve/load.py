@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,3 +64,56 @@ def closed_loop(connect: Callable[[], Any], send: Callable[[Any, int], None], co
         thread.join()
     return Load(np.array([x for per_client in latencies for x in per_client]), failures,
                 time.perf_counter() - measure_from)
+
+
+class PeakMemory(threading.Thread):
+    """The peak RSS of each group of processes (a server and its children), sampled every `interval` seconds
+    from `start()` until `stop()`: what a container's memory limit has to hold."""
+
+    def __init__(self, groups: dict[str, list[int]], interval: float = 0.1):
+        import psutil  # a dev dependency: load tests and benchmarks only
+
+        super().__init__(daemon=True)
+        self._processes = {name: [psutil.Process(pid) for pid in pids] for name, pids in groups.items()}
+        self._error, self.interval = psutil.Error, interval
+        self.peaks = {name: 0 for name in groups}
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            for name, processes in self._processes.items():
+                total = 0
+                for process in processes:
+                    try:
+                        total += process.memory_info().rss
+                    except self._error:
+                        pass  # a child that has exited
+                self.peaks[name] = max(self.peaks[name], total)
+
+    def stop(self) -> dict[str, int]:
+        self._stopped.set()
+        self.join()
+        return self.peaks
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Triton and its Python-backend stubs)."""
+    import psutil
+
+    process = psutil.Process(pid)
+    return [pid, *(child.pid for child in process.children(recursive=True))]
+
+
+def memory_limit(manifest: str | Path, container: str) -> int:
+    """The memory limit, in bytes, of the container named `container` in a manifest (a ServingRuntime, or an
+    InferenceService's transformer): what PeakMemory's figures are held to."""
+    import yaml
+
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for document in yaml.safe_load_all(Path(manifest).read_text()):
+        spec = document.get("spec", {})
+        for c in spec.get("containers", []) + spec.get("transformer", {}).get("containers", []):
+            if c.get("name") == container and "memory" in c.get("resources", {}).get("limits", {}):
+                value = c["resources"]["limits"]["memory"]
+                return int(value[:-2]) * units[value[-2:]]
+    raise ValueError(f"{manifest}: no memory limit for a container named {container}")

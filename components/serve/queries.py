@@ -8,7 +8,9 @@ JSON) or `TEXT` (UTF-8), shape [N] or [N, 1]; the same parameters, where `labels
 also be JSON-encoded strings (gRPC parameters hold scalars only).
 
 Every check runs before anything reaches Triton, and a failure is an `InvalidInput` (HTTP 400) that
-names the instance and the limit. Image limits are checked from the file's header, without decoding.
+names the field and the limit. What a request expands into is bounded, not only its size: image limits
+are checked from the file's header, without decoding (bytes, format, pixels, aspect ratio), and a
+classify request builds at most `max_prompts` prompts (labels x templates), each within the text limit.
 """
 
 from __future__ import annotations
@@ -22,20 +24,32 @@ import numpy as np
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, to_http_parameters
 
-from components.benchmark.templates import PLAIN, template_problem
-from components.serve.triton_models.image_decode import ImageError, open_checked
+from kubeclip.components.serve.triton_models.image_decode import ImageError, ImagePolicy, open_checked
+from kubeclip.model.prompts import PLAIN, template_problem
 
 TASKS = ("embed", "classify")
 
 
+IMAGES = ImagePolicy()
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_image_bytes: int = 10 * 2**20
-    max_image_pixels: int = 40_000_000
+    """Per-request limits; each is a transformer flag (`--max-prompts`, ...)."""
+    max_image_bytes: int = IMAGES.max_bytes
+    max_image_pixels: int = IMAGES.max_pixels
+    max_aspect_ratio: float = IMAGES.max_aspect_ratio
+    image_formats: str = ",".join(IMAGES.formats)
     max_labels: int = 1000
     max_templates: int = 100
-    max_text_chars: int = 1000
+    max_prompts: int = 4096  # labels x templates: what one cold classifier build may cost
+    max_text_chars: int = 1000  # a text, a label, a template, and every prompt built from them
     max_instances: int = 256
+
+    @property
+    def images(self) -> ImagePolicy:
+        return ImagePolicy(self.max_image_bytes, self.max_image_pixels, self.max_aspect_ratio,
+                           tuple(self.image_formats.split(",")))
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,8 @@ class Query:
 def parse_v1(body: dict, limits: Limits) -> Query:
     if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
         raise InvalidInput('expected a JSON object with "instances": a list of {"image_b64": ...} or {"text": ...}')
+    if len(body["instances"]) > limits.max_instances:  # before any instance is looked at
+        raise InvalidInput(f"{len(body['instances'])} instances: the limit is {limits.max_instances} per request")
     items = [_v1_item(i, instance, limits) for i, instance in enumerate(body["instances"])]
     return _query(items, body.get("parameters") or {}, limits)
 
@@ -61,16 +77,22 @@ def parse_v2(request: InferRequest, limits: Limits) -> Query:
     if tensor.datatype != "BYTES":
         raise InvalidInput(f"input {tensor.name} must be BYTES, got {tensor.datatype}")
     shape = list(tensor.shape)
+    if not all(type(d) is int and d >= 0 for d in shape):
+        raise InvalidInput(f"input {tensor.name}: shape must be a list of non-negative integers, got {shape!r:.100}")
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
         raise InvalidInput(f"input {tensor.name} must have shape [N] or [N, 1], got {shape}")
     if shape[0] > limits.max_instances:  # before decoding the tensor
         raise InvalidInput(f"{shape[0]} instances: the limit is {limits.max_instances} per request")
-    values = tensor.as_numpy().reshape(-1).tolist()
+    try:
+        values = tensor.as_numpy().reshape(-1).tolist()
+    except ValueError as e:  # the data does not fill the shape
+        raise InvalidInput(f"input {tensor.name}: its data does not match its shape {shape} ({e})") from None
+    if len(values) != shape[0]:
+        raise InvalidInput(f"input {tensor.name}: shape {shape} but {len(values)} elements")
     if tensor.name == "IMAGE":
         items = [_image(i, _v2_image_bytes(i, v, limits), limits) for i, v in enumerate(values)]
     else:
-        items = [_text(i, v.decode("utf-8", "strict") if isinstance(v, bytes) else v, limits)
-                 for i, v in enumerate(values)]
+        items = [_text(i, _utf8(i, v), limits) for i, v in enumerate(values)]
     return _query(items, to_http_parameters(request.parameters or {}), limits)
 
 
@@ -88,14 +110,20 @@ def _query(items: list[bytes | str], parameters: dict, limits: Limits) -> Query:
         return Query(task, items)
     if any(isinstance(item, str) for item in items):
         raise InvalidInput("task classify takes images only; embed texts with task embed")
-    labels = _strings(parameters.get("labels"), "labels", limits.max_labels)
+    labels = _strings(parameters.get("labels"), "labels", limits.max_labels, limits)
     if len(set(labels)) != len(labels):
         raise InvalidInput("labels must be distinct")
-    for label in labels:
-        _text_ok(label, "a label", limits)
-    templates = _strings(parameters.get("templates", list(PLAIN)), "templates", limits.max_templates)
+    templates = _strings(parameters.get("templates", list(PLAIN)), "templates", limits.max_templates, limits)
     for template in templates:
-        _template_ok(template, limits)
+        if problem := template_problem(template):
+            raise InvalidInput(problem)
+    if len(labels) * len(templates) > limits.max_prompts:
+        raise InvalidInput(f"{len(labels)} labels x {len(templates)} templates = {len(labels) * len(templates)} "
+                           f"prompts: the limit is {limits.max_prompts} per request")
+    longest = max(map(len, labels)) + max(map(len, templates)) - len("{c}")
+    if longest > limits.max_text_chars:
+        raise InvalidInput(f"the longest label in the longest template makes a prompt of {longest} characters: "
+                           f"the limit is {limits.max_text_chars}")
     return Query(task, items, tuple(labels), tuple(templates))
 
 
@@ -125,10 +153,19 @@ def _b64decode(i: int, value, limits: Limits) -> bytes:
 
 def _image(i: int, data: bytes, limits: Limits) -> bytes:
     try:
-        open_checked(data, limits.max_image_bytes, limits.max_image_pixels)
+        open_checked(data, limits.images)
     except ImageError as e:
         raise InvalidInput(f"instance {i}: {e}") from None
     return data
+
+
+def _utf8(i: int, value) -> str:
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8", "strict")
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"instance {i}: text is not UTF-8 (byte {e.start})") from None
 
 
 def _text(i: int, value, limits: Limits) -> str:
@@ -143,22 +180,19 @@ def _text_ok(value, what: str, limits: Limits) -> None:
         raise InvalidInput(f"{what} has {len(value)} characters: the limit is {limits.max_text_chars}")
 
 
-def _template_ok(template, limits: Limits) -> None:
-    _text_ok(template, "a template", limits)
-    if problem := template_problem(template):
-        raise InvalidInput(problem)
-
-
-def _strings(value, name: str, limit: int) -> list[str]:
-    """A list of strings from a JSON list or a JSON-encoded list (gRPC parameters are scalars)."""
+def _strings(value, name: str, limit: int, limits: Limits) -> list[str]:
+    """A list of non-empty strings within the text limit, from a JSON list or a JSON-encoded list (gRPC
+    parameters are scalars)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise InvalidInput(f"{name}: expected a list of strings or a JSON-encoded list") from None
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"task classify needs {name}: a non-empty list of strings")
     if len(value) > limit:
         raise InvalidInput(f"{len(value)} {name}: the limit is {limit}")
+    for i, item in enumerate(value):
+        _text_ok(item, f"{name}[{i}]", limits)
     return value
 

@@ -5,13 +5,20 @@ calls the Triton predictor's ensembles `clip_embed_image` and `clip_embed_text` 
 client: tritonclient.grpc cannot share a process with kserve) in batches of up to `--max-batch-size`, and
 answers embeddings, or each image's label and per-label probabilities (softmax of 100 x cosine with the
 label's prompt ensemble). Zero-shot classifiers are built once per (labels, templates) and cached; requests
-that need the same classifier while it is being built wait for that one build.
+that need the same classifier while it is being built wait for that one build, and a build nobody waits for
+any more is cancelled.
 
-    python -m components.serve.transformer --predictor_host HOST:PORT [--model_name clip] [--http_port 8080]
+What a request may cost is bounded before the work (components/serve/gate.py: body bytes, requests in
+progress, deadline, disconnects; queries.py: what the instances expand into), and Triton calls are bounded
+per request and per replica, so a cold classifier build cannot starve other requests. Readiness follows
+Triton's: the model is ready while both ensembles are (checked at most every `READY_TTL` seconds), and a
+prediction while Triton is unreachable is a 503, never a 500.
+
+    python -m kubeclip.components.serve.transformer --predictor_host HOST:PORT [--model_name clip] [--http_port 8080]
 
 KServe starts it with `--model_name`, `--predictor_host` and `--http_port`; `kubeclip serve --transformer`
 starts it against a local Triton. Metrics on the HTTP port's /metrics: kserve's request_*_seconds
-histograms and the kubeclip_transformer_* counters below.
+histograms, gate.py's kubeclip_transformer_requests_total and the counters below.
 """
 
 from __future__ import annotations
@@ -20,26 +27,31 @@ import argparse
 import asyncio
 import collections
 import dataclasses
-import functools
+import time
 import uuid
 
 import grpc
 import kserve
 import numpy as np
+import orjson
 from kserve import model_server
-from kserve.errors import InferenceError, InvalidInput
+from kserve.errors import InvalidInput
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+from kserve.protocol.rest.server import RESTServer
 from prometheus_client import Counter
-from starlette.responses import PlainTextResponse
 
-from components.serve.client import EMBED_IMAGE, EMBED_TEXT
-from components.serve.queries import Limits, Query, parse_v1, parse_v2
+from kubeclip.components.serve.client import EMBED_IMAGE, EMBED_TEXT
+from kubeclip.components.serve.gate import Gate, GateLimits, ServingError
+from kubeclip.components.serve.queries import Limits, Query, parse_v1, parse_v2
+from kubeclip.model.prompts import build_prompts
 
 LOGIT_SCALE = 100.0  # the value CLIP's learned temperature is clamped to, as in components/serve/encoder.py
+READY_TTL = 1.0  # seconds a readiness answer of Triton's is reused
+READY_TIMEOUT = 2.0  # seconds a readiness check may take
+UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 INSTANCES = Counter("kubeclip_transformer_instances", "Images and texts received in valid requests", ["kind"])
-INVALID = Counter("kubeclip_transformer_invalid_requests", "Requests refused before reaching Triton (HTTP 4xx)")
 CLASSIFIER_CACHE = Counter("kubeclip_transformer_classifier_cache", "Zero-shot classifier lookups", ["result"])
 
 
@@ -55,23 +67,51 @@ class Answer:
     values: np.ndarray  # [N, D] embeddings, or [N, C] probabilities over the labels
 
 
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """How much of Triton one replica, and one request, may use at once."""
+    max_batch_size: int = 64  # items per Triton call: the repository's max_batch_size
+    triton_calls: int = 8  # Triton calls in flight per replica
+    triton_calls_per_request: int = 2  # so a large request (a cold classifier) leaves room for others
+    classifier_builds: int = 1  # cold classifier builds at once
+    classifier_cache_size: int = 32  # zero-shot classifiers kept, least recently used dropped first
+
+
 class ClipTransformer(kserve.Model):
-    def __init__(self, name: str, limits: Limits = Limits(), max_batch_size: int = 64, cache_size: int = 32):
+    def __init__(self, name: str, limits: Limits = Limits(), capacity: Capacity = Capacity()):
         super().__init__(name)
-        self.limits, self.max_batch_size, self.cache_size = limits, max_batch_size, cache_size
+        self.limits, self.capacity = limits, capacity
         self._classifiers: collections.OrderedDict[tuple, asyncio.Task] = collections.OrderedDict()
-        self.ready = True
+        self._waiting: collections.Counter[tuple] = collections.Counter()
+        self._triton_calls = asyncio.Semaphore(capacity.triton_calls)
+        self._builds = asyncio.Semaphore(capacity.classifier_builds)
+        self._readiness: asyncio.Task | None = None
+        self._ready_until = 0.0
+        self.ready = True  # kserve's start-up check; healthy() answers for Triton
+
+    async def healthy(self) -> bool:
+        """Ready while both ensembles are ready in Triton; one check at a time, reused for READY_TTL."""
+        if time.monotonic() >= self._ready_until and (self._readiness is None or self._readiness.done()):
+            self._readiness = asyncio.ensure_future(self._check_predictor())
+        return await asyncio.shield(self._readiness)
+
+    async def _check_predictor(self) -> bool:
+        try:
+            answers = await asyncio.wait_for(asyncio.gather(
+                *(self._grpc_client.is_model_ready(name, timeout=READY_TIMEOUT) for name in (EMBED_TEXT, EMBED_IMAGE))),
+                READY_TIMEOUT)
+            ready = all(answers)
+        except (grpc.RpcError, TimeoutError):
+            ready = False
+        self._ready_until = time.monotonic() + READY_TTL
+        return ready
 
     def validate(self, payload):
         return payload  # preprocess has checked everything
 
     async def preprocess(self, payload, headers=None) -> Call:
-        try:
-            call = Call(parse_v2(payload, self.limits), payload) if isinstance(payload, InferRequest) \
-                else Call(parse_v1(payload, self.limits), None)
-        except InvalidInput:
-            INVALID.inc()
-            raise
+        call = Call(parse_v2(payload, self.limits), payload) if isinstance(payload, InferRequest) \
+            else Call(parse_v1(payload, self.limits), None)
         for item in call.query.items:
             INSTANCES.labels("text" if isinstance(item, str) else "image").inc()
         return call
@@ -100,53 +140,82 @@ class ClipTransformer(kserve.Model):
                                       _output("SCORES", answer.values)])
 
     async def embed(self, items: list[bytes | str]) -> np.ndarray:
-        """[N, D] L2-normalised embeddings of images and texts, in the order given."""
+        """[N, D] L2-normalised embeddings of images and texts, in the order given, with at most
+        `triton_calls_per_request` of this request's Triton calls in flight."""
         images = [i for i, item in enumerate(items) if isinstance(item, bytes)]
         texts = [i for i, item in enumerate(items) if isinstance(item, str)]
-        parts = await asyncio.gather(
-            *(self._infer(EMBED_IMAGE, "IMAGE", [items[i] for i in chunk]) for chunk in self._chunks(images)),
-            *(self._infer(EMBED_TEXT, "TEXT", [items[i].encode() for i in chunk]) for chunk in self._chunks(texts)))
-        order = [i for chunk in [*self._chunks(images), *self._chunks(texts)] for i in chunk]
-        embeddings = np.concatenate(parts)
-        return embeddings[np.argsort(order)]
+        calls = [(EMBED_IMAGE, "IMAGE", chunk, [items[i] for i in chunk]) for chunk in self._chunks(images)]
+        calls += [(EMBED_TEXT, "TEXT", chunk, [items[i].encode() for i in chunk]) for chunk in self._chunks(texts)]
+        parts: list[np.ndarray | None] = [None] * len(calls)
+
+        async def worker(queue: collections.deque) -> None:
+            while queue:
+                n, (model, input_name, _, data) = queue.popleft()
+                parts[n] = await self._infer(model, input_name, data)
+
+        queue = collections.deque(enumerate(calls))
+        workers = [asyncio.ensure_future(worker(queue))
+                   for _ in range(min(self.capacity.triton_calls_per_request, len(calls)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:  # one call failed: the others stop too
+            for task in workers:
+                task.cancel()
+        order = [i for _, _, chunk, _ in calls for i in chunk]
+        return np.concatenate(parts)[np.argsort(order)]
 
     async def classifier(self, labels: tuple[str, ...], templates: tuple[str, ...]) -> np.ndarray:
-        """[C, D]: each label's prompts embedded, averaged and renormalised; built once per (labels, templates)."""
+        """[C, D]: each label's prompts embedded, averaged and renormalised; built once per (labels, templates)
+        and cancelled when every request waiting for it has gone."""
         key = (labels, templates)
         build = self._classifiers.get(key)
         CLASSIFIER_CACHE.labels("miss" if build is None else "hit").inc()
         if build is None:
             build = self._classifiers[key] = asyncio.ensure_future(self._build_classifier(labels, templates))
-            build.add_done_callback(functools.partial(self._forget_failed, key))
-            while len(self._classifiers) > self.cache_size:
+            build.add_done_callback(lambda done: self._forget_failed(key, done))
+            while len(self._classifiers) > self.capacity.classifier_cache_size:
                 self._classifiers.popitem(last=False)
         self._classifiers.move_to_end(key)
-        return await asyncio.shield(build)
+        self._waiting[key] += 1
+        try:
+            return await asyncio.shield(build)
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
+                if not build.done():
+                    build.cancel()
 
     def _forget_failed(self, key: tuple, build: asyncio.Task) -> None:
-        """A build that failed is not kept: the next request for these labels tries again."""
+        """A build that failed or was cancelled is not kept: the next request for these labels tries again."""
         if (build.cancelled() or build.exception()) and self._classifiers.get(key) is build:
             del self._classifiers[key]
 
     async def _build_classifier(self, labels: tuple[str, ...], templates: tuple[str, ...]) -> np.ndarray:
-        prompts = [template.format(c=label) for label in labels for template in templates]
-        per_prompt = (await self.embed(prompts)).reshape(len(labels), len(templates), -1)
+        async with self._builds:
+            prompts = build_prompts(list(labels), templates)
+            per_prompt = (await self.embed(prompts)).reshape(len(labels), len(templates), -1)
         mean = per_prompt.mean(axis=1)
         return mean / np.linalg.norm(mean, axis=1, keepdims=True)
 
     def _chunks(self, indices: list[int]) -> list[list[int]]:
-        return [indices[start:start + self.max_batch_size] for start in range(0, len(indices), self.max_batch_size)]
+        size = self.capacity.max_batch_size
+        return [indices[start:start + size] for start in range(0, len(indices), size)]
 
     async def _infer(self, model: str, input_name: str, items: list[bytes]) -> np.ndarray:
         tensor = InferInput(input_name, [len(items), 1], "BYTES")
         tensor.set_data_from_numpy(np.array(items, dtype=object).reshape(-1, 1))
         try:
-            response = await self._grpc_client.infer(InferRequest(model, [tensor], request_id=str(uuid.uuid4())))
+            async with self._triton_calls:
+                response = await self._grpc_client.infer(InferRequest(model, [tensor], request_id=str(uuid.uuid4())))
         except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                INVALID.inc()
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:  # the client's input, found by Triton (a truncated image)
                 raise InvalidInput(f"{model}: {e.details()}") from None
-            raise InferenceError(f"the predictor failed ({model}: {e.code().name}: {e.details()})") from None
+            if e.code() in UNAVAILABLE:
+                self._ready_until = 0.0  # ask Triton again on the next readiness check
+                raise ServingError(503, "predictor_unavailable", "the model server is not reachable; retry later",
+                                   retry_after=5) from None
+            raise ServingError(502, "predictor_error", f"the model server failed ({e.code().name})") from None
         return response.outputs[0].as_numpy()
 
     def _v2_response(self, request: InferRequest, outputs: list[InferOutput]) -> InferResponse:
@@ -159,37 +228,69 @@ def _output(name: str, values: np.ndarray) -> InferOutput:
     return output
 
 
-class BodyLimit:
-    """ASGI middleware: a request whose Content-Length is over the limit gets 413 before it is read."""
+class DirectPredict:
+    """ASGI: `POST /v1/models/{name}:predict` of this model, straight to the model's preprocess, predict and
+    postprocess (kserve's Model.__call__, its latency histograms included). kserve's own v1 route adds FastAPI
+    routing, a per-request readiness lookup and the dataplane's decoding, about half of what the transformer
+    costs over calling Triton directly (benchmarks/transformer_throughput.py). Other routes go to kserve."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, model: ClipTransformer):
+        self.app, self.model, self.path = app, model, f"/v1/models/{model.name}:predict"
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"0")
-            if not length.isdigit() or int(length) > self.max_bytes:
-                INVALID.inc()
-                response = PlainTextResponse(f"request body over the limit of {self.max_bytes} bytes (or a bad "
-                                             "Content-Length); send fewer or smaller instances", status_code=413)
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        chunks = []
+        while (message := await receive())["type"] == "http.request":  # the gate has read it: one message
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        if not await self.model.healthy():
+            raise ServingError(503, "predictor_unavailable", f"model {self.model.name} is not ready; retry later",
+                               retry_after=5)
+        try:
+            payload = orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as e:
+            raise ServingError(400, "invalid", f"the body is not JSON ({e})") from None
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        try:
+            result, _ = await self.model(payload, headers)
+            answer = orjson.dumps(result)
+        except InvalidInput as e:
+            raise ServingError(400, "invalid", str(e)) from None
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+
+def _rest_server(host: str, max_connections: int) -> type[RESTServer]:
+    """kserve's REST server bound to `host` (kserve binds 0.0.0.0 whatever it is asked), answering 503 to
+    connections past `max_connections` (uvicorn's limit_concurrency: a backstop for connection floods), and
+    without kserve's per-request timing middleware (a getrusage call and a log line per request; the
+    request_*_seconds histograms measure the same)."""
+    class Server(RESTServer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.config.host, self.config.limit_concurrency = host, max_connections
+
+        def _add_middlewares(self, app) -> None:
+            if self.access_log_format:  # asked for access logs: kserve's middlewares, timing included
+                super()._add_middlewares(app)
+
+    return Server
 
 
 def parser() -> argparse.ArgumentParser:
     """kserve's model-server flags (the ones KServe injects, underscored) plus the transformer's own."""
-    p = argparse.ArgumentParser(prog="python -m components.serve.transformer", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m kubeclip.components.serve.transformer", description=__doc__,
                                 parents=[model_server.parser], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(model_name="clip", predictor_protocol="grpc-v2", http_port=8080)
-    p.add_argument("--max-batch-size", type=int, default=64,
-                   help="largest batch sent to Triton: the repository's max_batch_size (default: %(default)s)")
-    p.add_argument("--classifier-cache-size", type=int, default=32,
-                   help="zero-shot classifiers kept, least recently used dropped first (default: %(default)s)")
-    p.add_argument("--max-request-bytes", type=int, default=64 * 2**20,
-                   help="largest request body; larger ones get 413 (default: %(default)s)")
-    for limit in dataclasses.fields(Limits):
-        p.add_argument(f"--{limit.name.replace('_', '-')}", type=int, default=limit.default,
-                       help=f"request limit (default: {limit.default})")
+    p.set_defaults(model_name="clip", predictor_protocol="grpc-v2", http_port=8080, enable_grpc=False)
+    p.add_argument("--host", default="0.0.0.0", help="address the HTTP server listens on (default: %(default)s)")
+    for group, options in (("request limits", Limits), ("replica limits", GateLimits), ("Triton use", Capacity)):
+        arguments = p.add_argument_group(group)
+        for field in dataclasses.fields(options):
+            arguments.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default,
+                                   help="(default: %(default)s)")
     return p
 
 
@@ -201,14 +302,20 @@ def main(argv: list[str] | None = None) -> None:
                 "point --predictor_host at Triton's gRPC port")
     if not args.predictor_host:
         p.error("--predictor_host HOST:PORT (Triton's gRPC endpoint) is required")
-    limits = Limits(**{limit.name: getattr(args, limit.name) for limit in dataclasses.fields(Limits)})
-    transformer = ClipTransformer(args.model_name, limits, args.max_batch_size, args.classifier_cache_size)
-    model_server.app.add_middleware(BodyLimit, max_bytes=args.max_request_bytes)
+    limits, gate, capacity = (options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options)})
+                              for options in (Limits, GateLimits, Capacity))
+    transformer = ClipTransformer(args.model_name, limits, capacity)
+    model_server.app.add_middleware(DirectPredict, model=transformer)
+    model_server.app.add_middleware(Gate, limits=gate)  # added last: outermost
+    model_server.RESTServer = _rest_server(args.host, 4 * gate.max_concurrent_requests)
+    # kserve's gRPC server (off unless --enable_grpc true) reads its options from kserve's own parse of argv;
+    # it gets the request limits (preprocess) and the body limit, but not the REST gate's cap and deadline
+    model_server.args.grpc_max_receive_message_length = gate.max_request_bytes
     config = PredictorConfig(predictor_host=args.predictor_host, predictor_protocol=args.predictor_protocol,
                              predictor_use_ssl=args.predictor_use_ssl,
                              predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
                              predictor_request_retries=args.predictor_request_retries,
-                             predictor_health_check=args.enable_predictor_health_check)
+                             predictor_health_check=False)  # healthy() checks Triton's ensembles itself
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
                        workers=args.workers, predictor_config=config).start([transformer])
 

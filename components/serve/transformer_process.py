@@ -10,22 +10,20 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from components.serve.triton_server import ServerError, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from kubeclip.components.serve.triton_server import ServerError, free_port
 
 
 class TransformerProcess:
     def __init__(self, predictor_url: str, log_file: str | Path, *flags: str, startup_timeout: float = 120):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "components.serve.transformer", "--predictor_host", predictor_url,
-                        "--http_port", str(self.port), "--enable_grpc", "false", *flags]
+        self.command = [sys.executable, "-m", "kubeclip.components.serve.transformer", "--host", "127.0.0.1",
+                        "--predictor_host", predictor_url, "--http_port", str(self.port), *flags]
         self.log_file, self.startup_timeout = Path(log_file), startup_timeout
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> TransformerProcess:
-        self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=self.log_file.open("w"),
+        self.process = subprocess.Popen(self.command, stdout=self.log_file.open("w"),
                                         stderr=subprocess.STDOUT)
         deadline = time.time() + self.startup_timeout
         while not self.ready():

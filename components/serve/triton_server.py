@@ -5,13 +5,15 @@ machine without a GPU or Docker. Running it takes a backend folder holding the b
 utilities and the stub built for this interpreter's Python; the stub needs this interpreter's
 libpython and the wheel's bundled libraries on LD_LIBRARY_PATH, and finds this environment's
 packages through the `python3` first on PATH. The server runs in its own session, so a server that
-ignores SIGTERM is killed with the Python stubs it started.
+ignores SIGTERM is killed with the Python stubs it started. It restricts the same APIs as the cluster's
+ServingRuntime (RESTRICTED_APIS), behind a random key of its own, so the tests run against what the cluster runs.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -26,10 +28,25 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.options import option
+from kubeclip.components.options import option
 
 _BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _OTHER_BACKENDS = re.compile(r'^(platform|backend):\s*"(?!python"|ensemble")', re.MULTILINE)
+
+# Triton's APIs that neither the transformer (inference, model readiness and metadata) nor the probes (health)
+# call: they answer only requests that carry ADMIN_HEADER, here and in the ServingRuntime
+# (manifests/base/serving/kubeclip-triton.yaml; a test checks that it names this list). model-config stays open:
+# read-only, and the project's own Triton client reads each ensemble's batch size, output width and model id there
+# (client.py: serve-check, `kubeclip embed --url`, the triton benchmark backend).
+RESTRICTED_APIS = ("model-repository", "shared-memory", "statistics", "trace", "logging")
+# The HTTP header that unlocks them; over gRPC Triton reads it as metadata key `triton-grpc-protocol-<header>`.
+ADMIN_HEADER = "admin-key"
+
+
+def restricted_api_args(key: str) -> list[str]:
+    """Triton's flags that put RESTRICTED_APIS behind ADMIN_HEADER=key, over HTTP and over gRPC."""
+    group = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={key}"
+    return [f"--http-restricted-api={group}", f"--grpc-restricted-protocol={group}"]
 
 
 class ServerError(RuntimeError):
@@ -74,6 +91,7 @@ class TritonServer:
         self.process: subprocess.Popen | None = None
         self._workdir: Path | None = None
         self._shm_prefix = f"kubeclip_{uuid.uuid4().hex[:12]}_"
+        self.admin_key = secrets.token_hex(16)  # a server of its own, a key of its own
 
     @property
     def http_url(self) -> str:
@@ -86,6 +104,10 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{self._client_host}:{self.ports['metrics']}/metrics"
+
+    def admin_headers(self, protocol: str = "http") -> dict[str, str]:
+        """What a request to one of RESTRICTED_APIS must carry (as HTTP headers, or as gRPC metadata)."""
+        return {("triton-grpc-protocol-" if protocol == "grpc" else "") + ADMIN_HEADER: self.admin_key}
 
     @property
     def _client_host(self) -> str:
@@ -106,7 +128,8 @@ class TritonServer:
                 f"--metrics-address={self.host}", f"--metrics-port={self.ports['metrics']}",
                 "--metrics-config=summary_latencies=true",  # as on the cluster: the latency alerts read them
                 "--allow-gpu-metrics=false", "--disable-auto-complete-config",
-                f"--exit-timeout-secs={self.exit_timeout}", f"--log-verbose={self.log_verbose}"]
+                f"--exit-timeout-secs={self.exit_timeout}", f"--log-verbose={self.log_verbose}",
+                *restricted_api_args(self.admin_key)]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -186,9 +209,9 @@ class TritonServer:
 @dataclass(kw_only=True)
 class ServeOptions:
     repo: str = option("", "Triton model repository (kubeclip triton-repo --out), cpu flavor on a CPU-only machine")
-    transformer: bool = option(False, "run the KServe transformer (python -m components.serve.transformer) instead "
-                                      "of Triton, calling the Triton at --predictor-url; its full flags: "
-                                      "python -m components.serve.transformer --help")
+    transformer: bool = option(False, "run the KServe transformer (python -m kubeclip.components.serve.transformer) "
+                                      "instead of Triton, calling the Triton at --predictor-url; its full flags: "
+                                      "python -m kubeclip.components.serve.transformer --help")
     predictor_url: str = option("127.0.0.1:8001", "with --transformer: Triton's gRPC HOST:PORT")
     max_batch_size: int = option(64, "with --transformer: largest batch it sends to Triton (the repository's "
                                      "--max-batch-size)")
@@ -209,11 +232,12 @@ def serve(opts: ServeOptions) -> int:
     """Run Triton until SIGTERM or Ctrl-C (then stop it cleanly) or until it exits; returns its exit code.
     With `transformer`, run the transformer instead, in this process, until SIGTERM or Ctrl-C."""
     if opts.transformer:
-        from components.serve import transformer
+        from kubeclip.components.serve import transformer
 
         port = 8080 if opts.http_port is None else opts.http_port or free_port()
-        print(f"transformer on http://0.0.0.0:{port} (model clip), calling Triton at {opts.predictor_url}", flush=True)
-        transformer.main(["--http_port", str(port), "--predictor_host", opts.predictor_url, "--enable_grpc", "false",
+        print(f"transformer on http://{opts.host}:{port} (model clip), calling Triton at {opts.predictor_url}",
+              flush=True)
+        transformer.main(["--host", opts.host, "--http_port", str(port), "--predictor_host", opts.predictor_url,
                           "--max-batch-size", str(opts.max_batch_size)])
         return 0
     if not opts.repo:
@@ -223,8 +247,8 @@ def serve(opts: ServeOptions) -> int:
         raise _Stop
 
     previous = signal.signal(signal.SIGTERM, stop)
-    server = TritonServer(opts.repo, 8000 if opts.http_port is None else opts.http_port, opts.grpc_port, opts.metrics_port, opts.host,
-                          exit_timeout=opts.exit_timeout, log_verbose=opts.log_verbose)
+    server = TritonServer(opts.repo, 8000 if opts.http_port is None else opts.http_port, opts.grpc_port,
+                          opts.metrics_port, opts.host, exit_timeout=opts.exit_timeout, log_verbose=opts.log_verbose)
     try:
         with server:
             print(f"Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {server.metrics_url}",

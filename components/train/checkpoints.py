@@ -7,16 +7,18 @@ the previous checkpoint in charge.
 
 from __future__ import annotations
 
-import tempfile
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import fsspec
 import torch
 
-import model
-from components.storage import atomic_write, is_local
-from model.checkpoint import WEIGHTS_FILE
+from kubeclip import model
+from kubeclip.components.storage import atomic_write, local_copy, local_output
+from kubeclip.model.checkpoint import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE
 
 MARKER = "COMMITTED"
 STATE_FILE = "train_state.pt"
@@ -43,19 +45,13 @@ class Checkpoints:
 
     def save(self, clip: torch.nn.Module, state: dict[str, Any], step: int, keep_last: int) -> str:
         name = step_name(step)
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save(clip, tmp)
-            torch.save(state, Path(tmp) / STATE_FILE)
-            target = f"{self.path}/{name}"
-            if self.fs.exists(target):  # left by a run killed mid-save: never committed, so replace it
-                self.fs.rm(target, recursive=True)
-            self.fs.makedirs(target, exist_ok=True)
-            for file in sorted(Path(tmp).rglob("*")):
-                if file.is_file():
-                    destination = f"{target}/{file.relative_to(tmp).as_posix()}"
-                    self.fs.makedirs(destination.rsplit("/", 1)[0], exist_ok=True)
-                    self.fs.put_file(str(file), destination)
-        self.fs.pipe_file(f"{target}/{MARKER}", b"")
+        target = f"{self.path}/{name}"
+        if self.fs.exists(target):  # left by a run killed mid-save: never committed, so replace it
+            self.fs.rm(target, recursive=True)
+        with local_output(f"{self.root}/{name}", last=(MARKER,)) as folder:
+            model.save(clip, folder)
+            torch.save(state, folder / STATE_FILE)
+            (folder / MARKER).write_bytes(b"")
         atomic_write(self.fs, f"{self.path}/latest", f"{name}\n".encode())
         self._prune(keep_last)
         return f"{self.root}/{name}"
@@ -69,11 +65,40 @@ class Checkpoints:
 
 def load_state(step_url: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The weights and the training state of a step folder; pickles only with weights_only=True."""
-    fs, path = fsspec.core.url_to_fs(step_url)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(path) if is_local(fs) else Path(tmp)
-        if not is_local(fs):
-            fs.get(path, str(local), recursive=True)
+    with local_copy(step_url) as local:
         weights = model.load(local).state_dict()
-        state = torch.load(local / STATE_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(Path(local) / STATE_FILE, map_location="cpu", weights_only=True)
     return weights, state
+
+
+def weights_url(checkpoint: str) -> str:
+    """The weights file behind `checkpoint` (a file, a step folder, a `checkpoints` folder via `latest`, or a
+    train --out folder), found as model.checkpoint.find_weights finds it, but on any fsspec URL: so that of a
+    remote run only that one file and its companions are fetched, not every kept checkpoint and training state."""
+    fs, path = fsspec.core.url_to_fs(checkpoint)
+    return checkpoint.rstrip("/") + _weights_suffix(fs, path.rstrip("/"), checkpoint)
+
+
+def _weights_suffix(fs: fsspec.AbstractFileSystem, path: str, checkpoint: str) -> str:
+    """What leads from `path` to its weights file: "" for the file itself, else "/<name>/..."."""
+    if fs.isfile(path):
+        return ""
+    if fs.isfile(f"{path}/{WEIGHTS_FILE}"):
+        return f"/{WEIGHTS_FILE}"
+    if fs.isfile(f"{path}/latest"):
+        name = fs.cat_file(f"{path}/latest").decode().strip()
+        return f"/{name}" + _weights_suffix(fs, f"{path}/{name}", checkpoint)
+    if fs.isdir(f"{path}/checkpoints"):
+        return "/checkpoints" + _weights_suffix(fs, f"{path}/checkpoints", checkpoint)
+    raise FileNotFoundError(f"no weights at {checkpoint}: expected a weights file, a folder holding {WEIGHTS_FILE}, "
+                            "a checkpoints folder with a 'latest' file, or a train --out folder")
+
+
+@contextmanager
+def local_weights(checkpoint: str) -> Iterator[tuple[str, Path]]:
+    """(URL, local path) of the weights file behind `checkpoint`, local or remote, for model.load: a remote one
+    is downloaded with the config.json and tokenizer/ beside it, into a temporary folder removed on exit."""
+    url = weights_url(checkpoint)
+    folder, name = posixpath.split(url)
+    with local_copy(folder or ".", only=(name, CONFIG_FILE, TOKENIZER_DIR)) as local:
+        yield url, Path(local) / name

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from components.options import add_options, options_from_args
+from kubeclip.components.options import add_options, options_from_args
 
 DESCRIPTION = ("Contrastive pre-training of CLIP on caption shards, one process per device. On a cluster run "
-               "`torchrun --nnodes N --nproc-per-node M -m components.train ...`; locally, --nproc-per-node M "
+               "`torchrun --nnodes N --nproc-per-node M -m kubeclip.components.train ...`; locally, --nproc-per-node M "
                "launches torchrun itself.")
 
 
 def add_parser(subparsers) -> None:
-    from components.train.step import TrainOptions
+    from kubeclip.components.train.step import TrainOptions
 
     parser = subparsers.add_parser("train", help="contrastive pre-training (single process, torchrun, DDP)",
                                    description=DESCRIPTION, allow_abbrev=False)
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 
 
 def command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from components.train.run import run
+    from kubeclip.components.train.run import run
 
     print(json.dumps(run(options_from_args(args, parser), args.nproc_per_node, args.max_restarts)))
     return 0

@@ -3,7 +3,7 @@
 
 from kfp import dsl
 
-from components.images import RUNTIME_IMAGE
+from kubeclip.components.images import RUNTIME_IMAGE
 
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
@@ -17,9 +17,9 @@ def train(data: dsl.Input[dsl.Dataset], checkpoint: dsl.Output[dsl.Model], metri
     cluster: `nodes` pods of the training image (`image`, default the PyTorchJob template's). The issue-9
     flags pass through as `kubeclip train` takes them (empty strings: not set); `text_tower` (hf:PATH) and
     `image_tower_from` name paths or URLs the training pods can read."""
-    from components.lineage import lineage_metadata
-    from components.train.run import run_task
-    from components.train.step import TrainOptions
+    from kubeclip.components.lineage import lineage_metadata
+    from kubeclip.components.train.run import run_task
+    from kubeclip.components.train.step import TrainOptions
 
     opts = TrainOptions(data=data.path, out=checkpoint.path, model=model, steps=steps, batch_size=batch_size, lr=lr,
                         warmup=warmup, workers=workers, seed=seed, resume="latest", text_tower=text_tower or None,
@@ -34,7 +34,7 @@ def train(data: dsl.Input[dsl.Dataset], checkpoint: dsl.Output[dsl.Model], metri
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
 def train_cleanup(namespace: str = "", run_id: str = ""):
     """The exit handler's task: delete this run's PyTorchJobs that are left (after a failure or a cancel)."""
-    from components.train.launcher import RUN_LABEL, delete_jobs
+    from kubeclip.components.train.launcher import RUN_LABEL, delete_jobs
 
     if namespace and run_id:
         print("deleted:", delete_jobs(namespace, {RUN_LABEL: run_id}))

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-import model
-from components.datasets import captions, image_bytes, read_samples
-from model.tokenizer import default_tokenizer
+from kubeclip import model
+from kubeclip.components.datasets import captions, image_bytes, read_samples
+from kubeclip.model.tokenizer import default_tokenizer
 
 @dataclass(frozen=True)
 class Stream:

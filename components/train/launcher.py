@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "training" / "kubeclip-train.yaml"
+TEMPLATE = Path(__file__).with_name("pytorchjob.yaml")  # manifests/base/training/kubeclip-train.yaml, linked
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 RUN_LABEL = "kubeclip.io/run"
 

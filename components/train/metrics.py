@@ -13,7 +13,7 @@ from typing import Any
 import fsspec
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway, start_http_server
 
-from components.storage import atomic_write
+from kubeclip.components.storage import atomic_write
 
 log = logging.getLogger(__name__)
 

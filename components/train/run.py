@@ -11,9 +11,9 @@ import sys
 
 import fsspec
 
-from components.options import to_argv
-from components.train.launcher import RUN_LABEL, LaunchOptions, launch
-from components.train.step import TrainOptions, train
+from kubeclip.components.options import to_argv
+from kubeclip.components.train.launcher import RUN_LABEL, LaunchOptions, launch
+from kubeclip.components.train.step import TrainOptions, train
 
 
 def run(opts: TrainOptions, nproc_per_node: int = 1, max_restarts: int = 0,
@@ -24,7 +24,7 @@ def run(opts: TrainOptions, nproc_per_node: int = 1, max_restarts: int = 0,
     elif nproc_per_node > 1:
         result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                  f"--nproc-per-node={nproc_per_node}", f"--max-restarts={max_restarts}",
-                                 "-m", "components.train", *to_argv(opts)])
+                                 "-m", "kubeclip.components.train", *to_argv(opts)])
         if result.returncode:
             raise SystemExit(f"training under torchrun failed (exit code {result.returncode}); see its log above")
     else:

@@ -20,9 +20,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from model.clip import CLIP
-from model.losses import SimCLRLoss
-from model.preprocess import MEAN, STD
+from kubeclip.model.clip import CLIP
+from kubeclip.model.losses import SimCLRLoss
+from kubeclip.model.preprocess import MEAN, STD
 
 JITTER = 0.4  # SimCLR's brightness, contrast and saturation strength
 

@@ -21,19 +21,20 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import model
-from components.datasets import captions, shard_urls, split_samples
-from components.lineage import file_sha256, write_lineage
-from components.options import option
-from components.train import data
-from components.train.checkpoints import Checkpoints, load_state
-from components.train.metrics import TrainMetrics
-from components.train.slip import Slip, ssl_loss
-from components.train.text_cache import TextFeatureCache
-from model import hf_text
-from model.losses import ClipLoss, SigLipLoss
-from model.transformer import VisionTransformer
-from model.tokenizer import ClipTokenizer, fit_merges
+from kubeclip import model
+from kubeclip.components.datasets import captions, shard_urls, split_samples
+from kubeclip.components.lineage import file_sha256, write_lineage
+from kubeclip.components.options import option
+from kubeclip.components.train import data
+from kubeclip.components.storage import local_copy
+from kubeclip.components.train.checkpoints import Checkpoints, load_state, local_weights
+from kubeclip.components.train.metrics import TrainMetrics
+from kubeclip.components.train.slip import Slip, ssl_loss
+from kubeclip.components.train.text_cache import TextFeatureCache
+from kubeclip.model import hf_text
+from kubeclip.model.losses import ClipLoss, SigLipLoss
+from kubeclip.model.transformer import VisionTransformer
+from kubeclip.model.tokenizer import ClipTokenizer, fit_merges
 
 MAX_LOGIT_SCALE = math.log(100)
 FIT_CAPTIONS = 100_000  # --fit-tokenizer learns from this many captions at most
@@ -242,15 +243,22 @@ class TimeBudget:
 
 def build_model(opts: TrainOptions) -> model.CLIP:
     """The CLIP to train: `--model`, with a pretrained Hugging Face text tower and an image tower taken from a
-    checkpoint when asked, and the locked towers frozen."""
+    checkpoint when asked, and the locked towers frozen. Either source may be a URL: it is fetched first."""
+    with contextlib.ExitStack() as stack:
+        text_path = source = None
+        if opts.text_tower:
+            text_path = stack.enter_context(local_copy(hf_text.parse_text_tower(opts.text_tower)))
+        if opts.image_tower_from:
+            source = model.load(stack.enter_context(local_weights(opts.image_tower_from))[1])
+        return _build_model(opts, text_path, source)
+
+
+def _build_model(opts: TrainOptions, text_path: str | None, source: model.CLIP | None) -> model.CLIP:
     cfg = model.get_config(opts.model)
-    source = None
-    if opts.image_tower_from:
-        source = model.load(opts.image_tower_from)
+    if source is not None:
         cfg = replace(cfg, vision=source.config.vision, embed_dim=source.config.embed_dim,
                       quick_gelu=source.config.quick_gelu)
-    if opts.text_tower:
-        text_path = hf_text.parse_text_tower(opts.text_tower)
+    if text_path is not None:
         cfg = replace(cfg, text=hf_text.config_from_pretrained(text_path, opts.text_pooling, cfg.text.context_length))
     if opts.fit_tokenizer:
         if opts.text_tower:
@@ -262,7 +270,7 @@ def build_model(opts: TrainOptions) -> model.CLIP:
     clip = model.CLIP(cfg)
     if opts.fit_tokenizer:
         clip.tokenizer = tokenizer
-    if opts.text_tower:
+    if text_path is not None:
         hf_text.load_pretrained(clip.text.transformer, text_path)
     if source is not None:
         clip.visual.load_state_dict(source.visual.state_dict())

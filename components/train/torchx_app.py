@@ -8,12 +8,12 @@
 from torchx import specs
 from torchx.components import dist
 
-from components.images import TRAIN_IMAGE
+from kubeclip.components.images import TRAIN_IMAGE
 
 
 def train(*trainer_args: str, nnodes: int = 1, nproc_per_node: int = 1, image: str = TRAIN_IMAGE, cpu: int = 8,
           gpu: int = 0, memMB: int = 32768, max_retries: int = 0) -> specs.AppDef:
-    """torchrun of `python -m components.train` on nnodes x nproc_per_node processes.
+    """torchrun of `python -m kubeclip.components.train` on nnodes x nproc_per_node processes.
 
     Args:
         trainer_args: `kubeclip train` flags (--data, --out, --steps, ...); --resume latest is added
@@ -27,5 +27,5 @@ def train(*trainer_args: str, nnodes: int = 1, nproc_per_node: int = 1, image: s
     """
     args = list(trainer_args) if any(a.startswith("--resume") for a in trainer_args) else [*trainer_args,
                                                                                           "--resume", "latest"]
-    return dist.torchrun(*args, m="components.train", image=image, name="kubeclip-train", j=f"{nnodes}x{nproc_per_node}",
+    return dist.torchrun(*args, m="kubeclip.components.train", image=image, name="kubeclip-train", j=f"{nnodes}x{nproc_per_node}",
                     cpu=cpu, gpu=gpu, memMB=memMB, max_retries=max_retries)

@@ -9,8 +9,8 @@ import yaml
 from kfp import compiler
 from kfp.dsl.base_component import BaseComponent
 
-import components
-from components.images import RUNTIME_IMAGE, TENSORRT_IMAGE
+from kubeclip import components
+from kubeclip.components.images import RUNTIME_IMAGE, TENSORRT_IMAGE
 
 
 def all_components() -> list[BaseComponent]:

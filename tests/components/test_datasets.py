@@ -2,7 +2,7 @@
 
 import json
 
-from components.datasets import captions
+from kubeclip.components.datasets import captions
 
 
 def test_captions_are_all_of_an_images_captions_not_only_the_first():

@@ -4,7 +4,7 @@ which the KFP metadata and the InferenceService annotations carry one line per s
 import json
 import time
 
-from components.lineage import chain, lineage_metadata, producer_lineage, read_lineage, write_lineage
+from kubeclip.components.lineage import chain, lineage_metadata, producer_lineage, read_lineage, write_lineage
 
 
 def test_each_record_carries_the_chain_back_to_the_data(tmp_path):

@@ -2,8 +2,8 @@
 
 import argparse
 
-from components.options import add_options, options_from_args, to_argv
-from components.train.step import TrainOptions
+from kubeclip.components.options import add_options, options_from_args, to_argv
+from kubeclip.components.train.step import TrainOptions
 
 
 def parse(argv: list[str]) -> TrainOptions:

@@ -17,12 +17,13 @@ TRITON = frozenset({
     "nv_inference_queue_summary_us",
 })
 
-# The kserve model server's histograms (kserve.metrics), served by the transformer on its HTTP port.
+# Served by the transformer on its HTTP port: the kserve model server's histograms (kserve.metrics) and
+# components/serve/transformer.py's count of answered requests by code_class and reason.
 TRANSFORMER = frozenset({
     f"request_{phase}_seconds_{suffix}"
     for phase in ("preprocess", "predict", "postprocess")
     for suffix in ("bucket", "sum", "count")
-})
+} | {"kubeclip_transformer_requests_total"})
 
 # components/train/metrics.py, served by rank 0 (DESIGN.md, "Training metrics").
 TRAINING = frozenset({

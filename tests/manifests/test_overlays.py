@@ -12,7 +12,9 @@ import jsonschema
 import pytest
 import yaml
 
-from components import images
+from kubeclip.components import images
+from kubeclip.components.serve.gate import GateLimits
+from kubeclip.components.serve.triton_server import restricted_api_args
 from tests.manifests.conftest import (BASES, MANIFESTS, OVERLAYS, SERVING_OVERLAYS, by_kind, containers, kustomize,
                                       manifest_files, one, validate)
 
@@ -168,7 +170,8 @@ def test_images_are_pinned_and_named_as_in_components_images(render, overlay):
             repository, _, tag = container["image"].rpartition(":")
             assert repository.startswith("ghcr.io/kubeclip/") and tag and tag != "latest", where
             if repository in known_repositories:
-                assert container["image"] in known, f"{where}: {container['image']} is not what components/images.py says"
+                assert container["image"] in known, \
+                    f"{where}: {container['image']} is not what components/images.py says"
             else:
                 unnamed.add(container["image"])
     if unnamed:
@@ -201,9 +204,13 @@ def test_inference_service_and_runtime_agree(render, overlay):
     for part in (predictor, transformer):
         assert 1 <= part["minReplicas"] <= part["maxReplicas"]
         assert part["scaleMetric"] and part["scaleTarget"] > 0
+    # a replica is sent at most what the transformer takes in progress; scaling starts before that
+    assert transformer["containerConcurrency"] == GateLimits().max_concurrent_requests
+    if transformer["scaleMetric"] == "concurrency":
+        assert transformer["scaleTarget"] <= transformer["containerConcurrency"]
     container = transformer["containers"][0]
-    assert container["image"].startswith("ghcr.io/kubeclip/kubeclip:")
-    assert container["command"] == ["python", "-m", "components.serve.transformer"]
+    assert container["image"] == images.TRANSFORMER_IMAGE  # the lean image: no torch, no CUDA
+    assert container["command"] == ["python", "-m", "kubeclip.components.serve.transformer"]
     args = container["args"]
     assert args[args.index("--predictor_protocol") + 1] == model["protocolVersion"]
     assert not {"--model_name", "--predictor_host", "--http_port"} & set(args)  # KServe injects these
@@ -270,3 +277,115 @@ def test_base_files_are_named_after_their_object():
         assert len(documents) == 1, path
         name, kind = documents[0]["metadata"]["name"], documents[0]["kind"].lower()
         assert path.stem in (name, f"{name}-{kind}"), path
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_triton_restricts_the_apis_the_local_server_restricts(render, overlay):
+    """The same list as components/serve/triton_server.py's RESTRICTED_APIS, behind a key that comes from a
+    Secret by reference (Kubernetes expands $(ADMIN_KEY) in args), never a literal."""
+    triton = one(render(overlay), "ServingRuntime")["spec"]["containers"][0]
+    assert [a for a in triton["args"] if "restricted" in a] == restricted_api_args("$(ADMIN_KEY)")
+    env = {e["name"]: e for e in triton["env"]}
+    assert "value" not in env["ADMIN_KEY"]
+    assert env["ADMIN_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "kubeclip-triton-admin", "key": "admin-key"}}
+
+
+def _http_probe(path: str, port: int) -> dict:
+    return {"httpGet": {"path": path, "port": port}}
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_liveness_and_readiness_probes(render, overlay):
+    objects = render(overlay)
+    triton = one(objects, "ServingRuntime")["spec"]["containers"][0]
+    transformer = one(objects, "InferenceService")["spec"]["transformer"]["containers"][0]
+    # kserve 0.21's model server answers liveness on /v2/health/live; a model's readiness on /v2/models/<name>/ready
+    assert transformer["livenessProbe"].items() >= _http_probe("/v2/health/live", 8080).items()
+    assert transformer["readinessProbe"].items() >= _http_probe("/v2/models/clip/ready", 8080).items()
+    if overlay == "serving-dev":  # Standard mode: Triton's own HTTP endpoints
+        assert triton["startupProbe"].items() >= _http_probe("/v2/health/live", 8080).items()
+        assert triton["livenessProbe"].items() >= _http_probe("/v2/health/live", 8080).items()
+        assert triton["readinessProbe"].items() >= _http_probe("/v2/health/ready", 8080).items()
+    else:  # Knative mode: TCP on the one declared port (see the next test)
+        assert triton["livenessProbe"]["tcpSocket"] == triton["readinessProbe"]["tcpSocket"] == {"port": 9000}
+        assert triton["livenessProbe"]["initialDelaySeconds"] >= 60  # Triton opens the port once models loaded
+
+
+def test_probes_fit_knative_where_knative_runs_them(render):
+    """Knative points every HTTP or TCP probe of a serving container at its one declared port (an HTTP probe
+    aimed at Triton's 8080 would land on gRPC's 9000 and fail) and takes no startup probe."""
+    objects = render("serving-prod")
+    assert one(objects, "InferenceService")["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    transformer = one(objects, "InferenceService")["spec"]["transformer"]["containers"][0]
+    for container in (one(objects, "ServingRuntime")["spec"]["containers"][0], transformer):
+        declared = [p["containerPort"] for p in container["ports"]]
+        assert len(declared) == 1 and "startupProbe" not in container, container["name"]
+        for kind in ("livenessProbe", "readinessProbe"):
+            action = container[kind].get("httpGet") or container[kind]["tcpSocket"]
+            assert action["port"] == declared[0], (container["name"], kind)
+
+
+# Who reaches each component on which port, per overlay: (source, port). Sources are the transformer's pods,
+# or namespaces. Knative mode adds its path: Istio's gateways and the activator to queue-proxy (8012 HTTP/1,
+# 8013 h2c), the autoscaler to queue-proxy's statistics (9090).
+_KNATIVE_PATH = {(ns, port) for ns in ("ns:istio-system", "ns:knative-serving") for port in (8012, 8013)} | {
+    ("ns:knative-serving", 9090)}
+_STANDARD_PREDICTOR = {("pods:transformer", 8080), ("pods:transformer", 9000), ("ns:monitoring", 8002)}
+REACHES = {
+    "serving-dev": {"predictor": _STANDARD_PREDICTOR,
+                    "transformer": {("ns:monitoring", 8080), ("ns:istio-system", 8080)}},
+    "serving-prod": {"predictor": _STANDARD_PREDICTOR | _KNATIVE_PATH,
+                     "transformer": {("ns:monitoring", 8080)} | _KNATIVE_PATH},
+}
+
+
+def _sources(peer: dict, name: str) -> list[str]:
+    """A peer as "pods:<component>" (pods of the policy's own namespace) or "ns:<name>" each; anything wider
+    (every pod, every namespace, IP blocks, namespace and pod selectors combined) fails."""
+    assert set(peer) in ({"podSelector"}, {"namespaceSelector"}), f"{name}: {peer}"
+    if "podSelector" in peer:
+        labels = peer["podSelector"]["matchLabels"]
+        assert set(labels) == {"serving.kserve.io/inferenceservice", "component"}, f"{name}: {peer}"
+        return [f"pods:{labels['component']}"]
+    selector = peer["namespaceSelector"]
+    if "matchLabels" in selector:
+        assert set(selector) == {"matchLabels"} and len(selector["matchLabels"]) == 1, f"{name}: {peer}"
+        return [f"ns:{selector['matchLabels']['kubernetes.io/metadata.name']}"]
+    (expression,) = selector["matchExpressions"]
+    assert set(selector) == {"matchExpressions"}, f"{name}: {peer}"
+    assert expression["key"] == "kubernetes.io/metadata.name" and expression["operator"] == "In", f"{name}: {peer}"
+    return [f"ns:{ns}" for ns in expression["values"]]
+
+
+def _reaches(policy: dict) -> set[tuple[str, int]]:
+    """(source, port) for every source and port a NetworkPolicy's ingress rules admit."""
+    name, spec = policy["metadata"]["name"], policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"], name
+    reaches = set()
+    for rule in spec["ingress"]:
+        assert rule.get("from") and rule.get("ports"), f"{name}: a rule without sources or ports admits all"
+        assert all(p["protocol"] == "TCP" and isinstance(p["port"], int) for p in rule["ports"]), name
+        reaches |= {(source, p["port"]) for peer in rule["from"] for source in _sources(peer, name)
+                    for p in rule["ports"]}
+    return reaches
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_network_policies_admit_exactly_these_sources_and_ports(render, overlay):
+    for policy in by_kind(render(overlay), "NetworkPolicy"):
+        component = policy["spec"]["podSelector"]["matchLabels"]["component"]
+        assert _reaches(policy) == REACHES[overlay][component], f"{overlay}: {policy['metadata']['name']}"
+
+
+@pytest.mark.parametrize("overlay", SERVING_OVERLAYS)
+def test_prometheus_may_scrape_what_the_pod_monitors_scrape(render, overlay):
+    objects = render(overlay)
+    policies = {o["spec"]["podSelector"]["matchLabels"]["component"]: o for o in by_kind(objects, "NetworkPolicy")}
+    for monitor in by_kind(objects, "PodMonitor"):
+        policy = policies[monitor["spec"]["selector"]["matchLabels"]["component"]]
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            port = endpoint["portNumber"]  # unless a relabeling rewrites the address (Triton's 8002)
+            for relabel in endpoint.get("relabelings", []):
+                if relabel.get("targetLabel") == "__address__":
+                    port = int(relabel["replacement"].rsplit(":", 1)[1])
+            assert ("ns:monitoring", port) in _reaches(policy), f"{overlay}: {monitor['metadata']['name']}"

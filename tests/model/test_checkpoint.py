@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import model
-from model.checkpoint import infer_config
+from kubeclip import model
+from kubeclip.model.checkpoint import infer_config
 
 
 @pytest.fixture(scope="module")

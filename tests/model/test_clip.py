@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-import model
-from model.transforms import MEAN, STD
+from kubeclip import model
+from kubeclip.model.transformer import QuickGELU
+from kubeclip.model.transforms import MEAN, STD
 
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn"])
@@ -98,7 +99,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(name):
 
 
 def test_quickgelu_is_selectable():
-    assert isinstance(model.build("tiny-vit-quickgelu").transformer.resblocks[0].mlp.gelu, model.transformer.QuickGELU)
+    assert isinstance(model.build("tiny-vit-quickgelu").transformer.resblocks[0].mlp.gelu, QuickGELU)
     assert isinstance(model.build("tiny-vit").transformer.resblocks[0].mlp.gelu, torch.nn.GELU)
 
 

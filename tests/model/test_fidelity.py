@@ -6,7 +6,7 @@ import pytest
 import torch
 from open_clip.model import CLIP as OpenClipCLIP
 
-import model
+from kubeclip import model
 
 CONFIGS = ["tiny-vit", "tiny-rn", "ViT-B-32-quickgelu", "RN50-quickgelu"]
 

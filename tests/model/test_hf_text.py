@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import model
-from model import hf_text
-from model.tokenizer import HFTokenizer, load_tokenizer
+from kubeclip import model
+from kubeclip.model import hf_text
+from kubeclip.model.tokenizer import HFTokenizer, load_tokenizer
 from tests.conftest import require
 
 TEXTS = ["A dog runs along the beach.", "a puppy is running on the shore", "Stock markets fell sharply today.",

@@ -4,7 +4,7 @@ follows them, and a frozen BatchNorm keeps its statistics while the rest trains.
 import pytest
 import torch
 
-import model
+from kubeclip import model
 
 
 def trainable(clip) -> set[str]:
@@ -60,7 +60,7 @@ def test_locked_clip_text_tower_freezes_up_to_its_projection():
 
 
 def test_locked_hf_text_tower_keeps_its_new_projection_trainable():
-    from model.config import BertConfig, HFTextConfig
+    from kubeclip.model.config import BertConfig, HFTextConfig
 
     bert = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
     cfg = model.get_config("tiny-vit")

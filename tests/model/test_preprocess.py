@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from torchvision import transforms as T
 
-from model.preprocess import MEAN, STD, eval_pixels
+from kubeclip.model.preprocess import MEAN, STD, eval_pixels
 
 
 def images():

@@ -6,8 +6,8 @@ import open_clip
 import pytest
 import torch
 
-import model
-from model.tokenizer import ClipTokenizer, fit_merges, load_tokenizer
+from kubeclip import model
+from kubeclip.model.tokenizer import ClipTokenizer, fit_merges, load_tokenizer
 
 EDGE_CASES = [
     "",

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from components.images import TENSORRT_IMAGE, TRITON_BASE, TRITON_RELEASE
-from pipelines.run import COMPILED, compile_pipeline, run_local
+from kubeclip.components.images import TENSORRT_IMAGE, TRITON_BASE, TRITON_RELEASE
+from kubeclip.pipelines.run import COMPILED, compile_pipeline, run_local
 from tests.conftest import ROOT
 
 TINY = {"samples": 48, "image_size": 32, "eval_samples_per_class": 2, "steps": 4, "batch_size": 8, "warmup": 2,

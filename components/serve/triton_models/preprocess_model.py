@@ -1,7 +1,9 @@
 """clip_image_preprocess: IMAGE BYTES [N, 1] (encoded files) -> pixel_values FP32 [N, 3, H, W].
 
-Empty, oversized (bytes or pixels), unknown and corrupt images are refused, each with its own error;
-the limits are the config parameters max_image_bytes and max_image_pixels.
+Empty, oversized (bytes, pixels, aspect ratio, pixels after the resize), unlisted and corrupt images are
+refused, each with its own error (INVALID_ARG); the limits are the config parameters max_image_bytes,
+max_image_pixels, max_aspect_ratio and image_formats. Images are decoded one at a time, so at most one
+full-size image is in memory per model instance.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from clip_preprocess import eval_pixels
-from image_decode import ImageError, decode
+from image_decode import ImageError, ImagePolicy, decode
 from triton_io import InputError, input_items, model_config, parameters, respond
 
 
@@ -19,7 +21,8 @@ class TritonPythonModel:
         (output,) = config["output"]
         self.size = int(output["dims"][-1])
         limits = parameters(config)
-        self.max_bytes, self.max_pixels = int(limits["max_image_bytes"]), int(limits["max_image_pixels"])
+        self.policy = ImagePolicy(int(limits["max_image_bytes"]), int(limits["max_image_pixels"]),
+                                  float(limits["max_aspect_ratio"]), tuple(limits["image_formats"].split(",")))
 
     def execute(self, requests):
         return respond(requests, self.preprocess)
@@ -30,6 +33,6 @@ class TritonPythonModel:
 
     def pixels(self, index: int, data: bytes) -> np.ndarray:
         try:
-            return eval_pixels(decode(data, self.max_bytes, self.max_pixels), self.size)
+            return eval_pixels(decode(data, self.policy, self.size), self.size)
         except ImageError as e:
             raise InputError(f"IMAGE[{index}]: {e}") from None

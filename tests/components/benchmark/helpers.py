@@ -16,9 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-import model
-from components.prepare import step as prepare
-from components.train.step import TrainOptions, train
+from kubeclip import model
+from kubeclip.components.prepare import step as prepare
+from kubeclip.components.train.step import TrainOptions, train
 
 
 def once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:

@@ -2,10 +2,10 @@
 
 import torch
 
-import model
-from components.benchmark.cache import ClassifierCache
-from components.benchmark.encoders import TorchEncoder
-from components.benchmark.zeroshot import classifier, text_classifier
+from kubeclip import model
+from kubeclip.components.benchmark.cache import ClassifierCache
+from kubeclip.components.benchmark.encoders import TorchEncoder
+from kubeclip.components.benchmark.zeroshot import classifier, text_classifier
 
 CLASSES, TEMPLATES = ["cat", "dog", "red circle"], ["a photo of a {c}.", "a drawing of a {c}."]
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from components.benchmark.robustness import CORRUPTIONS
-from components.benchmark.step import BenchmarkOptions, benchmark
-from components.cli import main
-from components.lineage import file_sha256
+from kubeclip.components.benchmark.robustness import CORRUPTIONS
+from kubeclip.components.benchmark.step import BenchmarkOptions, benchmark
+from kubeclip.components.cli import main
+from kubeclip.components.lineage import file_sha256
 from tests.components.benchmark.helpers import cifar_subset, random_checkpoint, report_plots
 
 

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from components.benchmark.component import benchmark_classification, gate
+from kubeclip.components.benchmark.component import benchmark_classification, gate
 from tests.components.benchmark.helpers import cifar_subset, random_checkpoint
 
 

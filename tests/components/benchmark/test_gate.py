@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from components.benchmark.gate import GateFailed, GateOptions, gate
-from components.cli import main
+from kubeclip.components.benchmark.gate import GateFailed, GateOptions, gate
+from kubeclip.components.cli import main
 from tests.conftest import ROOT
 
 CANDIDATE = {"zeroshot": {"top1": 0.62, "top5": 0.91, "classes": ["a", "b"]},
@@ -81,7 +81,7 @@ def test_cli_repeats_min_and_exits_non_zero_with_the_reason(files):
     candidate, baseline = files
     assert main(["gate", "--candidate", str(candidate), "--min", "zeroshot.top1=0.5", "--min", "zeroshot.top5=0.9",
                  "--baseline", str(baseline), "--max-regression", "0.05"]) == 0
-    process = subprocess.run([sys.executable, "-m", "components.cli", "gate", "--candidate", str(candidate),
+    process = subprocess.run([sys.executable, "-m", "kubeclip.components.cli", "gate", "--candidate", str(candidate),
                               "--min", "zeroshot.top1=0.5", "--min", "zeroshot.top5=0.99"], cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert process.returncode == 1

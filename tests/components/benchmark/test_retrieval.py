@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.benchmark.retrieval import recall_at_k
-from components.benchmark.step import BenchmarkOptions, benchmark
+from kubeclip.components.benchmark.retrieval import recall_at_k
+from kubeclip.components.benchmark.step import BenchmarkOptions, benchmark
 from tests.components.benchmark.helpers import flickr_subset, random_checkpoint, report_plots
 
 

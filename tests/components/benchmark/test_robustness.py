@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.benchmark.robustness import CORRUPTIONS, SEVERITIES, corrupt
-from components.prepare.synthetic import composition_sample
+from kubeclip.components.benchmark.robustness import CORRUPTIONS, SEVERITIES, corrupt
+from kubeclip.components.prepare.synthetic import composition_sample
 
 
 @pytest.fixture(scope="module")

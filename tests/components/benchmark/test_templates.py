@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from components.benchmark.templates import ENSEMBLE, PLAIN, resolve_classnames, resolve_templates
-from components.prepare.synthetic import COMPOSITION_TEMPLATES
+from kubeclip.components.benchmark.templates import ENSEMBLE, PLAIN, resolve_classnames, resolve_templates
+from kubeclip.components.prepare.synthetic import COMPOSITION_TEMPLATES
 
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -48,9 +48,14 @@ def test_a_single_entry_needs_no_name(tmp_path):
     assert resolve_templates(str(path), "cifar") == ["itap of a {c}."]
 
 
-@pytest.mark.parametrize("template, message", [("a photo of a {}.", "not a format string"),
+@pytest.mark.parametrize("template, message", [("a photo of a {}.", r"the field \{\}: only a bare \{c\}"),
                                                ("a photo.", "no {c} placeholder"),
-                                               ("a {c} of {size}.", "not a format string")])
+                                               ("a {c} of {size}.", r"the field \{size\}"),
+                                               ("a {c:>100000}", r"the field \{c:>100000\}"),
+                                               ("a {c!r}", r"the field \{c!r\}"),
+                                               ("a {c.upper}", r"the field \{c.upper\}"),
+                                               ("a {c[0]}", r"the field \{c\[0\]\}"),
+                                               ("a {c", "not a format string")])
 def test_bad_templates_are_refused(tmp_path, template, message):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"x": [template]}))

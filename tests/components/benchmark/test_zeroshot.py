@@ -15,9 +15,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision import transforms as T
 
-from components.benchmark.step import BenchmarkOptions, benchmark
-from components.benchmark.templates import ENSEMBLE
-from components.prepare.synthetic import COMPOSITION_TEMPLATES
+from kubeclip.components.benchmark.step import BenchmarkOptions, benchmark
+from kubeclip.components.benchmark.templates import ENSEMBLE
+from kubeclip.components.prepare.synthetic import COMPOSITION_TEMPLATES
 from tests.components.benchmark.helpers import cifar_subset, report_plots, trained_synthetic
 
 

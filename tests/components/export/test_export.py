@@ -10,10 +10,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-import model
-from components.export.onnx_towers import ImageTower, TextTower
-from components.export.parity import gate
-from components.export.step import REPORT, ExportGateError, ExportOptions, check_gates, export, verify
+from kubeclip import model
+from kubeclip.components.export.onnx_towers import ImageTower, TextTower
+from kubeclip.components.export.parity import gate
+from kubeclip.components.export.step import REPORT, ExportGateError, ExportOptions, check_gates, export, verify
 
 
 @pytest.fixture(scope="module", params=["tiny-vit", "tiny-rn"])

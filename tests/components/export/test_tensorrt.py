@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import model
-from components.export import tensorrt
-from components.export.step import REPORT, ExportGateError, ExportOptions, export
+from kubeclip import model
+from kubeclip.components.export import tensorrt
+from kubeclip.components.export.step import REPORT, ExportGateError, ExportOptions, export
 
 
 @pytest.fixture(scope="module")

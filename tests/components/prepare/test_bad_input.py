@@ -20,7 +20,7 @@ import pytest
 import webdataset
 from PIL import Image
 
-from components.prepare import step
+from kubeclip.components.prepare import step
 
 pytestmark = pytest.mark.timeout(120)  # a worker pool that loses a result hangs: fail instead
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from kfp import dsl
 
-from components.prepare import step
-from components.prepare.component import prepare_merge, prepare_synthetic
+from kubeclip.components.prepare import step
+from kubeclip.components.prepare.component import prepare_merge, prepare_synthetic
 
 
 @dsl.pipeline

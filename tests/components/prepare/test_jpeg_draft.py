@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.prepare import images
+from kubeclip.components.prepare import images
 
 
 def photo(size=(1600, 1200)) -> bytes:

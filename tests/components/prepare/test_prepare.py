@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from components.prepare import step, synthetic
-from components.prepare.merge import MergeOptions, merge
+from kubeclip.components.prepare import step, synthetic
+from kubeclip.components.prepare.merge import MergeOptions, merge
 from tests.conftest import takes_ctrl_c
 
 
@@ -69,7 +69,7 @@ def test_flickr8k_prepares_with_its_official_splits(flickr8k, tmp_path):
 
 
 def run_synthetic(out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "components.cli", "prepare", "synthetic", "--out", str(out),
+    return subprocess.Popen([sys.executable, "-m", "kubeclip.components.cli", "prepare", "synthetic", "--out", str(out),
                              "--samples", "600", "--shard-size", "50", "--image-size", "48", "--image-format", "jpg",
                              "--eval-samples-per-class", "4", "--workers", "2", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
@@ -222,7 +222,7 @@ def test_partitions_merge_into_the_rows_of_one_run(tmp_path):
 def test_cli_params_file_and_flags(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("prepare:\n  samples: 20\n  image_size: 32\n  eval_samples_per_class: 1\n  workers: 1\n")
-    result = subprocess.run([sys.executable, "-m", "components.cli", "prepare", "synthetic", "--params", str(params),
+    result = subprocess.run([sys.executable, "-m", "kubeclip.components.cli", "prepare", "synthetic", "--params", str(params),
                              "--out", str(tmp_path / "out"), "--samples", "10"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert result.returncode == 0, result.stderr
@@ -231,6 +231,6 @@ def test_cli_params_file_and_flags(tmp_path):
     lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
     assert lineage["parameters"]["samples"] == 10 and lineage["parameters"]["image_size"] == 32
 
-    missing = subprocess.run([sys.executable, "-m", "components.cli", "prepare", "captions", "--out", "x"],
+    missing = subprocess.run([sys.executable, "-m", "kubeclip.components.cli", "prepare", "captions", "--out", "x"],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "--captions" in missing.stderr and "--images" in missing.stderr

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from components.prepare.synthetic import (
+from kubeclip.components.prepare.synthetic import (
     BACKGROUNDS, COLOURS, COUNT_CLASSES, SHAPES, composition_sample, composition_set, count_sample, count_set,
     heldout_compositions, training_pair, training_pairs,
 )

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-import model
-from components.export.step import ExportOptions, export
-from components.export.triton_repo import TritonRepoOptions, triton_repo
-from components.serve.encoder import TritonEncoder, zero_shot
-from components.serve.transformer_process import TransformerProcess
-from components.serve.triton_server import TritonServer
+from kubeclip import model
+from kubeclip.components.export.step import ExportOptions, export
+from kubeclip.components.export.triton_repo import TritonRepoOptions, triton_repo
+from kubeclip.components.serve.encoder import TritonEncoder, zero_shot
+from kubeclip.components.serve.transformer_process import TransformerProcess
+from kubeclip.components.serve.triton_server import TritonServer
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -61,7 +61,7 @@ def grpc_call(url: str, method: str, items: list) -> np.ndarray:
     """EmbeddingClient(url, "grpc").<method>(items) in a child process (texts, or image bytes)."""
     code = textwrap.dedent("""
         import base64, json, sys
-        from components.serve.client import EmbeddingClient
+        from kubeclip.components.serve.client import EmbeddingClient
         url, method, kind = sys.argv[1:4]
         items = json.load(sys.stdin)
         if kind == "bytes":
@@ -98,7 +98,7 @@ def parse_configs(repo: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="session")
 def transformer(server, tmp_path_factory):
-    """`python -m components.serve.transformer` with the flags KServe injects, on the test Triton
+    """`python -m kubeclip.components.serve.transformer` with the flags KServe injects, on the test Triton
     (whose repository takes batches of up to 16)."""
     log = tmp_path_factory.mktemp("transformer") / "transformer.log"
     with TransformerProcess(server.grpc_url, log, "--model_name", "clip", "--max-batch-size", "16",

@@ -1,7 +1,7 @@
 """The benchmark's three backends, PyTorch, ONNX Runtime and the real Triton server, give the same numbers."""
 
-from components.benchmark.step import BenchmarkOptions, benchmark
-from components.prepare import step as prepare
+from kubeclip.components.benchmark.step import BenchmarkOptions, benchmark
+from kubeclip.components.prepare import step as prepare
 
 
 def test_torch_onnx_and_triton_backends_agree(checkpoint, exported, server, tmp_path):

@@ -3,10 +3,10 @@
 import argparse
 import json
 
-from components.export.triton_repo import TritonRepoOptions
-from components.options import options_from_args
-from components.serve import cli, commands
-from components.serve.triton_server import ServeOptions
+from kubeclip.components.export.triton_repo import TritonRepoOptions
+from kubeclip.components.options import options_from_args
+from kubeclip.components.serve import cli, commands
+from kubeclip.components.serve.triton_server import ServeOptions
 
 
 def parse(argv):

@@ -21,21 +21,21 @@ import onnx
 import pytest
 import torch
 
-import model
-from components.benchmark.encoders import TorchEncoder
-from components.benchmark.onnx_encoder import OnnxEncoder
-from components.datasets import class_names, labelled_images
-from components.export.parity import GATES, compare
-from components.export.step import ExportOptions, export
-from components.export.triton_repo import RepositoryError, TritonRepoOptions, triton_repo
-from components.prepare import step as prepare
-from components.prepare.synthetic import COMPOSITION_TEMPLATES
-from components.serve.client import EmbeddingClient
-from components.serve.encoder import zero_shot
-from components.serve.transformer_process import TransformerProcess
-from components.serve.triton_server import TritonServer
-from model import hf_text
-from model.tokenizer import ClipTokenizer, HFTokenizer
+from kubeclip import model
+from kubeclip.components.benchmark.encoders import TorchEncoder
+from kubeclip.components.benchmark.onnx_encoder import OnnxEncoder
+from kubeclip.components.datasets import class_names, labelled_images
+from kubeclip.components.export.parity import GATES, compare
+from kubeclip.components.export.step import ExportOptions, export
+from kubeclip.components.export.triton_repo import RepositoryError, TritonRepoOptions, triton_repo
+from kubeclip.components.prepare import step as prepare
+from kubeclip.components.prepare.synthetic import COMPOSITION_TEMPLATES
+from kubeclip.components.serve.client import EmbeddingClient
+from kubeclip.components.serve.encoder import zero_shot
+from kubeclip.components.serve.transformer_process import TransformerProcess
+from kubeclip.components.serve.triton_server import TritonServer
+from kubeclip.model import hf_text
+from kubeclip.model.tokenizer import ClipTokenizer, HFTokenizer
 from tests.conftest import require
 
 from .conftest import ROOT, parse_configs, triton_zero_shot
@@ -52,7 +52,7 @@ TEMPLATES = list(COMPOSITION_TEMPLATES)
 
 
 def kubeclip(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "components.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "kubeclip.components.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, f"kubeclip {' '.join(args[:2])} failed:\n{done.stderr[-3000:]}"
     return done.stdout

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.serve.load import closed_loop
-from components.serve.triton_server import free_port
+from kubeclip.components.serve.load import closed_loop
+from kubeclip.components.serve.triton_server import free_port
 
 from .conftest import ROOT, grpc_call, triton_zero_shot
 
@@ -144,7 +144,7 @@ BIG_PNG = png((0, 0, 0), (1200, 1000))  # 1.2 megapixels: over the fixture's --m
     ([{"text": "x" * 1001}], {}, "1001 characters: the limit is 1000"),
     ([{"text": 7}], {}, "must be a non-empty string"),
     ([{"image_b64": "not base64!"}], {}, "not valid base64"),
-    ([{"image_b64": b64(b"GIF89a but not really")}], {}, "not a decodable image"),
+    ([{"image_b64": b64(b"GIF89a but not really")}], {}, "not an image in an accepted format"),
     ([{"image_b64": b64(BIG_PNG)}], {}, "megapixels is over the limit"),
     ([{"image_b64": "A" * (11 * 2**20 // 3 * 4)}], {}, None),  # over the body limit: 413 before parsing
     ([{"text": "a cat"}] * 257, {}, "257 instances: the limit is 256"),
@@ -157,7 +157,7 @@ BIG_PNG = png((0, 0, 0), (1200, 1000))  # 1.2 megapixels: over the fixture's --m
     ([{"image_b64": b64(IMAGES[0])}], {"task": "classify", "labels": ["a"], "templates": ["a photo"]},
      "has no {c} placeholder"),
     ([{"image_b64": b64(IMAGES[0])}], {"task": "classify", "labels": ["a"], "templates": ["{d} {c}"]},
-     "not a format string"),
+     "the field {d}: only a bare {c} is allowed"),
 ])
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_answering(transformer, instances, parameters, message):
     response = predict(transformer, instances, **parameters)
@@ -200,7 +200,7 @@ def test_an_unknown_model_is_404(transformer):
 def test_kubeclip_serve_transformer_runs_it_against_a_local_triton(server, tmp_path):
     port = free_port()
     with (tmp_path / "serve.log").open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "components.cli", "serve", "--transformer", "--predictor-url",
+        process = subprocess.Popen([sys.executable, "-m", "kubeclip.components.cli", "serve", "--transformer", "--predictor-url",
                                     server.grpc_url, "--max-batch-size", "16", "--http-port", str(port)],
                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -22,16 +22,16 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-import model
-from components.benchmark.encoders import TorchEncoder
-from components.benchmark.onnx_encoder import OnnxEncoder
-from components.benchmark.zeroshot import classifier
-from components.export.parity import GATES, compare, parity_set
-from components.export.triton_repo import TritonRepoOptions, triton_repo
-from components.serve import commands
-from components.serve.client import EmbeddingClient
-from components.serve.encoder import TritonEncoder
-from components.serve.triton_server import ServerError, TritonServer
+from kubeclip import model
+from kubeclip.components.benchmark.encoders import TorchEncoder
+from kubeclip.components.benchmark.onnx_encoder import OnnxEncoder
+from kubeclip.components.benchmark.zeroshot import classifier
+from kubeclip.components.export.parity import GATES, compare, parity_set
+from kubeclip.components.export.triton_repo import TritonRepoOptions, triton_repo
+from kubeclip.components.serve import commands
+from kubeclip.components.serve.client import EmbeddingClient
+from kubeclip.components.serve.encoder import TritonEncoder
+from kubeclip.components.serve.triton_server import ServerError, TritonServer
 
 from .conftest import ROOT, grpc_call
 
@@ -187,7 +187,7 @@ def test_prometheus_counts_what_was_sent(server, data):
 
 
 def test_serve_runs_until_sigterm_and_leaves_no_process(cpu_repo):
-    code = ("import sys; from components.serve.triton_server import ServeOptions, serve; "
+    code = ("import sys; from kubeclip.components.serve.triton_server import ServeOptions, serve; "
             f"sys.exit(serve(ServeOptions(repo={str(cpu_repo)!r}, http_port=0, grpc_port=0, metrics_port=0, "
             "exit_timeout=2)))")
     process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from components.export.triton_repo import MODELS, RepositoryError, TritonRepoOptions, triton_repo
-from components.lineage import file_sha256
+from kubeclip.components.export.triton_repo import MODELS, RepositoryError, TritonRepoOptions, triton_repo
+from kubeclip.components.lineage import file_sha256
 
 from .conftest import parse_configs
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from components.prepare import step as prepare
+from kubeclip.components.prepare import step as prepare
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
-from components.prepare import step as prepare
-from components.datasets import shard_urls
-from components.train import data
-from model.tokenizer import default_tokenizer
+from kubeclip.components.prepare import step as prepare
+from kubeclip.components.datasets import shard_urls
+from kubeclip.components.train import data
+from kubeclip.model.tokenizer import default_tokenizer
 
 
 @pytest.fixture(scope="module")

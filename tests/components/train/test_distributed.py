@@ -10,9 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-import model
-from components.train.step import train_step
-from model.losses import ClipLoss, SigLipLoss
+from kubeclip import model
+from kubeclip.components.train.step import train_step
+from kubeclip.model.losses import ClipLoss, SigLipLoss
 
 LOSSES = {"clip": ClipLoss, "clip-smoothed": partial(ClipLoss, label_smoothing=0.1), "siglip": SigLipLoss}
 

@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 import yaml
 
-from components.train.launcher import LaunchOptions, outcome, render_job
+from kubeclip.components.train.launcher import LaunchOptions, outcome, render_job
 from tests.conftest import ROOT, require, validate_custom_resource
 
 

@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import model
-from components.benchmark.encoders import TorchEncoder
-from components.datasets import shard_urls
-from components.options import add_options, options_from_args
-from components.train import data
-from components.train import step as train_step
-from components.train.step import (OPEN, Schedule, TimeBudget, TrainOptions, build_model, param_groups, parse_duration,
+from kubeclip import model
+from kubeclip.components.benchmark.encoders import TorchEncoder
+from kubeclip.components.datasets import shard_urls
+from kubeclip.components.options import add_options, options_from_args
+from kubeclip.components.train import data
+from kubeclip.components.train import step as train_step
+from kubeclip.components.train.step import (OPEN, Schedule, TimeBudget, TrainOptions, build_model, param_groups, parse_duration,
                                    train)
-from components.train.text_cache import TextFeatureCache
-from model import hf_text
-from model.losses import ClipLoss
-from model.tokenizer import HFTokenizer
+from kubeclip.components.train.text_cache import TextFeatureCache
+from kubeclip.model import hf_text
+from kubeclip.model.losses import ClipLoss
+from kubeclip.model.tokenizer import HFTokenizer
 from tests.conftest import require
 
 BASE = dict(model="tiny-vit", batch_size=8, workers=0, shuffle_buffer=16, log_every=1, warmup=2, checkpoint_every=100)

@@ -3,12 +3,12 @@ compositions zero-shot far above chance, though no training caption ever named t
 
 import time
 
-import model
-from components.benchmark.encoders import TorchEncoder
-from components.benchmark.zeroshot import evaluate
-from components.prepare import step as prepare
-from components.prepare.synthetic import COMPOSITION_TEMPLATES
-from components.train.step import TrainOptions, train
+from kubeclip import model
+from kubeclip.components.benchmark.encoders import TorchEncoder
+from kubeclip.components.benchmark.zeroshot import evaluate
+from kubeclip.components.prepare import step as prepare
+from kubeclip.components.prepare.synthetic import COMPOSITION_TEMPLATES
+from kubeclip.components.train.step import TrainOptions, train
 
 
 def test_tiny_vit_transfers_to_unseen_compositions(tmp_path, capsys):

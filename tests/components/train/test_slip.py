@@ -7,14 +7,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-import model
-from components.datasets import shard_urls
-from components.train.checkpoints import Checkpoints, load_state
-from components.train.data import CaptionBatches, Stream
-from components.train.slip import Slip, two_views
-from components.train.step import TrainOptions, train
-from model.losses import SimCLRLoss
-from model.preprocess import MEAN, STD
+from kubeclip import model
+from kubeclip.components.datasets import shard_urls
+from kubeclip.components.train.checkpoints import Checkpoints, load_state
+from kubeclip.components.train.data import CaptionBatches, Stream
+from kubeclip.components.train.slip import Slip, two_views
+from kubeclip.components.train.step import TrainOptions, train
+from kubeclip.model.losses import SimCLRLoss
+from kubeclip.model.preprocess import MEAN, STD
 
 BASE = dict(model="tiny-vit", batch_size=8, workers=0, shuffle_buffer=16, log_every=1, warmup=2, checkpoint_every=2,
             ssl_scale=1.0, ssl_images=6)

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.prepare import step as prepare
-from components.train.torchx_app import train
+from kubeclip.components.prepare import step as prepare
+from kubeclip.components.train.torchx_app import train
 from tests.conftest import ROOT
 
 
@@ -31,5 +31,5 @@ def test_appdef_sizes_a_cluster_run():
     (role,) = app.roles
     assert role.num_replicas == 4 and role.resource.gpu == 8 and role.max_retries == 2
     command = " ".join([role.entrypoint, *role.args])
-    assert "--nproc_per_node 8" in command.replace("=", " ") and "-m components.train" in command
+    assert "--nproc_per_node 8" in command.replace("=", " ") and "-m kubeclip.components.train" in command
     assert command.endswith("--data=s3://b/d --out=s3://b/r --resume latest")

@@ -15,14 +15,14 @@ import psutil
 import pytest
 import torch
 
-import model
-from components.datasets import captions, read_samples, shard_urls
-from components.export.step import ExportOptions, export
-from components.train import step as train_step
-from components.train.checkpoints import MARKER, STATE_FILE, Checkpoints, load_state
-from components.serve.triton_server import free_port
+from kubeclip import model
+from kubeclip.components.datasets import captions, read_samples, shard_urls
+from kubeclip.components.export.step import ExportOptions, export
+from kubeclip.components.train import step as train_step
+from kubeclip.components.train.checkpoints import MARKER, STATE_FILE, Checkpoints, load_state
+from kubeclip.components.serve.triton_server import free_port
 from tests.conftest import ROOT, takes_ctrl_c
-from model.tokenizer import ClipTokenizer, load_tokenizer
+from kubeclip.model.tokenizer import ClipTokenizer, load_tokenizer
 from tests.manifests.metric_names import TRAINING
 
 TINY = ["--model", "tiny-vit", "--batch-size", "8", "--workers", "1", "--shuffle-buffer", "16", "--log-every", "2",
@@ -31,7 +31,7 @@ TINY = ["--model", "tiny-vit", "--batch-size", "8", "--workers", "1", "--shuffle
 
 def kubeclip(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "components.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "kubeclip.components.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
@@ -105,7 +105,7 @@ def test_torchrun_with_two_node_agents_trains(shards, tmp_path):
     port, out = free_port(), tmp_path / "run"
     agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
                                 "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id",
-                                "two-nodes", "-m", "components.train", "--data", shards, "--out", str(out),
+                                "two-nodes", "-m", "kubeclip.components.train", "--data", shards, "--out", str(out),
                                 "--steps", "4", "--checkpoint-every", "4", *TINY],
                                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
