@@ -43,9 +43,9 @@ def valid_bodies() -> list[dict]:
             {"instances": [{"image_b64": image}], "parameters": {"task": "classify", "labels": LABELS}}]
 
 
-def valid_load(url: str, args, attack: bool) -> tuple[Load, dict[str, int]]:
-    """16 valid clients for --duration seconds, with the corpus sent beside them when `attack`; the load and
-    the hostile answers by status."""
+def valid_load(url: str, args, cases: list[hostile.Case] | None) -> tuple[Load, dict[str, int]]:
+    """--concurrency valid clients for --duration seconds, with `cases` sent beside them (None: quiet); the load
+    and the hostile answers by status."""
     bodies, stop, answers = valid_bodies(), threading.Event(), {}
 
     def send(client: httpx.Client, i: int) -> None:
@@ -54,20 +54,19 @@ def valid_load(url: str, args, attack: bool) -> tuple[Load, dict[str, int]]:
             raise RuntimeError(f"{response.status_code}")
 
     def attacker() -> None:
-        cases = hostile.corpus()
         with ThreadPoolExecutor(4) as pool:
             while not stop.is_set():
                 for status in pool.map(lambda c: hostile.outcome(c, url), cases):
                     answers[status] = answers.get(status, 0) + 1
 
     thread = threading.Thread(target=attacker)
-    if attack:
+    if cases:
         thread.start()
     try:
         return closed_loop(httpx.Client, send, args.concurrency, args.duration, warmup=1), answers
     finally:
         stop.set()
-        if attack:
+        if cases:
             thread.join()
 
 
@@ -85,6 +84,7 @@ def main() -> None:
     triton_repo(TritonRepoOptions(export=str(work / "export"), out=str(work / "repo"), flavor="cpu"))
     print(f"{args.model}, {os.cpu_count()} cores, {args.concurrency} valid clients; work folder {work}")
     results: dict[bool, list[Load]] = {False: [], True: []}
+    cases = hostile.corpus()
     with TritonServer(work / "repo", log_file=work / "triton.log", exit_timeout=2) as server:
         with TransformerProcess(server.grpc_url, work / "transformer.log") as transformer:
             memory = PeakMemory({"transformer": [transformer.process.pid],
@@ -92,7 +92,7 @@ def main() -> None:
             memory.start()
             for round_ in range(args.rounds):
                 for attack in ((False, True) if round_ % 2 == 0 else (True, False)):
-                    load, answers = valid_load(transformer.url, args, attack)
+                    load, answers = valid_load(transformer.url, args, cases if attack else None)
                     results[attack].append(load)
                     print(f"  round {round_} {'attack' if attack else 'quiet ':<6}: {load.summary()}"
                           + (f"; hostile answers by status {dict(sorted(answers.items(), key=str))}" if attack else ""),

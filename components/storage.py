@@ -19,6 +19,7 @@ from pathlib import Path
 import fsspec
 from fsspec import AbstractFileSystem
 
+
 def is_local(fs: AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 

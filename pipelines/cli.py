@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from kubeclip.components.options import add_options, options_from_args
+from kubeclip.pipelines import PIPELINE_ROOT_ENV, SERVICE_ACCOUNT
 
 
 def add_parser(subparsers) -> None:
@@ -24,6 +25,12 @@ def add_parser(subparsers) -> None:
     run = commands.add_parser("run", help="submit a run to a Kubeflow Pipelines host", allow_abbrev=False)
     run.add_argument("--host", required=True, help="the KFP API, e.g. http://localhost:8080")
     run.add_argument("--experiment", default="kubeclip", help="experiment to file the run under")
+    run.add_argument("--pipeline-root",
+                     help=f"s3://bucket/prefix where the run keeps its artifacts (default: ${PIPELINE_ROOT_ENV}); "
+                          "the tasks reach the store at the kubeclip-storage ConfigMap's AWS_ENDPOINT_URL")
+    run.add_argument("--service-account", default=SERVICE_ACCOUNT,
+                     help=f"the ServiceAccount the run's pods use (default: {SERVICE_ACCOUNT}, which "
+                          "manifests/overlays/pipeline-rbac creates with the rights a run needs)")
     run.add_argument("--param", action="append", default=[], metavar="K=V", help=param_help)
     run.set_defaults(func=run_command)
     local = commands.add_parser("run-local", help="run the whole pipeline here with kfp.local", allow_abbrev=False)
@@ -50,7 +57,7 @@ def compile_command(args) -> int:
 def run_command(args) -> int:
     from kubeclip.pipelines.run import parse_params, run_remote
 
-    print(run_remote(args.host, parse_params(args.param), args.experiment))
+    print(run_remote(args.host, parse_params(args.param), args.pipeline_root, args.experiment, args.service_account))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,3 +71,57 @@ def test_dvc_repro_runs_the_local_pipeline(tmp_path):
         result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((tmp_path / "runs" / "train" / "lineage.json").read_text())["parameters"]["lr"] == 0.002
+
+
+def test_a_failed_gate_stops_the_chain_before_anything_is_built_or_served(tmp_path):
+    """gate is upstream of export, package and serve; with a candidate below params.yaml's minimum, `dvc repro serve`
+    runs the gate, which fails, and nothing after it: the stages before it stand in, committed as done."""
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+    def dvc(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["dvc", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    assert dvc("init", "-q").returncode == 0
+    dag = dvc("dag", "--dot")
+    edges = re.findall(r'"([\w-]+)" -> "([\w-]+)"', dag.stdout)
+    assert dag.returncode == 0 and edges, dag.stdout + dag.stderr
+    for stage in ("export", "package", "serve"):
+        assert "gate" in _upstream(stage, edges), f"{stage} does not wait for the gate"
+
+    stages = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]
+    before = [name for name in stages if name != "gate" and name not in _downstream("gate", edges)]
+    for name in before:
+        entries = [e for key in ("outs", "plots", "metrics") for e in stages[name].get(key, [])]
+        for path in [tmp_path / (next(iter(e)) if isinstance(e, dict) else e) for e in entries]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.suffix:
+                path.write_text("{}\n")
+            else:
+                path.mkdir(exist_ok=True)
+                (path / "stand-in").write_text("")
+    for name in before:
+        for dep in map(tmp_path.joinpath, stages[name].get("deps", [])):
+            if not dep.exists():  # inside an upstream output folder (runs/data/eval/...)
+                dep.mkdir(parents=True)
+                (dep / "stand-in").write_text("")
+    (tmp_path / "runs" / "benchmark" / "metrics.json").write_text(json.dumps({"zeroshot": {"top1": 0.0}}))
+    committed = dvc("commit", "-f", "-q", *before)
+    assert committed.returncode == 0, committed.stderr
+
+    repro = dvc("repro", "serve")
+    assert repro.returncode != 0 and "zeroshot.top1 = 0.0000 is below the minimum" in repro.stderr, repro.stderr
+    assert "Running stage 'gate'" in repro.stdout and "Running stage 'export'" not in repro.stdout, repro.stdout
+    assert not any((tmp_path / "runs" / name).exists() for name in ("export", "repository", "serve"))
+
+
+def _upstream(stage: str, edges: list[tuple[str, str]]) -> set[str]:
+    parents = {a for a, b in edges if b == stage}
+    return parents.union(*(_upstream(p, edges) for p in parents))
+
+
+def _downstream(stage: str, edges: list[tuple[str, str]]) -> set[str]:
+    children = {b for a, b in edges if a == stage}
+    return children.union(*(_downstream(c, edges) for c in children))

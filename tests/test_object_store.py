@@ -61,8 +61,8 @@ def s3(tmp_path_factory):
     port, folder = free_port(), tmp_path_factory.mktemp("moto")
     endpoint = f"http://127.0.0.1:{port}"
     with open(folder / "moto.log", "wb") as log:
-        server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                  cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        server = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 60
         while True:
@@ -125,7 +125,8 @@ def test_the_chain_runs_on_s3_and_kserve_serves_what_it_packaged(s3, kubeclip, t
 
     kubeclip("prepare", "synthetic", *flags, "--out", data)
     kubeclip("train", *flags, "--nproc-per-node", "2", "--data", data, "--out", train)
-    kubeclip("benchmark", *flags, "--checkpoint", train, "--classification", f"{data}/eval/compositions", "--out", bench)
+    kubeclip("benchmark", *flags, "--checkpoint", train, "--classification", f"{data}/eval/compositions",
+             "--out", bench)
     assert "quality gate passed" in kubeclip("gate", *flags, "--candidate", f"{bench}/metrics.json")
     kubeclip("export", *flags, "--checkpoint", train, "--out", export, "--parity-images", "16")
     summary = json.loads(kubeclip("triton-repo", *flags, "--export", export, "--out", repo))
@@ -167,7 +168,8 @@ def test_the_chain_runs_on_s3_and_kserve_serves_what_it_packaged(s3, kubeclip, t
     assert torch.allclose(answered, expected, atol=1e-4), (answered - expected).abs().max()
     assert image_cosine.min() >= 0.9999 and text_cosine.min() >= 0.9999
 
-    assert untracked() == tree_before and local_runs() == runs_before  # nothing landed in the checkout
+    assert not untracked() - tree_before, untracked() - tree_before  # nothing landed in the checkout
+    assert local_runs() == runs_before
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:

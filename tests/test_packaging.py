@@ -69,7 +69,8 @@ def test_pip_install_puts_one_package_at_the_top_level(installed):
     (work / "model.py").write_text("raise SystemExit('the user\\'s own model.py was imported')\n")  # must not shadow
     code = ("import importlib.util, sysconfig, os, kubeclip\n"
             "assert kubeclip.__file__.startswith(sysconfig.get_path('purelib')), kubeclip.__file__\n"
-            "top = sorted(n for n in os.listdir(sysconfig.get_path('purelib')) if not n.endswith(('.pth', '.dist-info')))\n"
+            "top = sorted(n for n in os.listdir(sysconfig.get_path('purelib'))\n"
+            "             if not n.endswith(('.pth', '.dist-info')))\n"
             "assert top == ['kubeclip'], top\n"
             "for name in ('components', 'pipelines'):\n"
             "    assert importlib.util.find_spec(name) is None, name\n"

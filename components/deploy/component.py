@@ -11,8 +11,10 @@ def deploy(repository: dsl.Input[dsl.Model], namespace: str, name: str = "clip",
     """Create or patch the InferenceService to serve `repository`; returns what happened (deployed, promoted,
     dry-run). A failed canary rolls back and fails the task with the reason."""
     from kubeclip.components.deploy.step import DeployOptions, deploy
+    from kubeclip.components.storage import storage_uri
 
-    result = deploy(DeployOptions(name=name, namespace=namespace, storage_uri=repository.uri,
+    # KServe's storage initializer fetches the repository itself: a URI it reads (s3://, not KFP's minio://)
+    result = deploy(DeployOptions(name=name, namespace=namespace, storage_uri=storage_uri(repository.uri),
                                   model_id=repository.metadata.get("kubeclip_model_id"),
                                   lineage=f"{repository.path}/lineage.json",
                                   canary_percent=canary_percent or None, prometheus_url=prometheus_url or None,

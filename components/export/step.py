@@ -16,7 +16,8 @@ from kubeclip import model
 from kubeclip.components.benchmark.encoders import TorchEncoder
 from kubeclip.components.benchmark.onnx_encoder import OnnxEncoder
 from kubeclip.components.export import tensorrt
-from kubeclip.components.export.onnx_towers import IMAGE_ONNX, PRECISIONS, TEXT_ONNX, export_towers, to_fp16, to_int8, variant
+from kubeclip.components.export.onnx_towers import (IMAGE_ONNX, PRECISIONS, TEXT_ONNX, export_towers, to_fp16, to_int8,
+                                                    variant)
 from kubeclip.components.export.parity import gate, parity_set, tower_parity
 from kubeclip.components.lineage import LINEAGE, file_sha256, write_lineage
 from kubeclip.components.options import option

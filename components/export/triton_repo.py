@@ -92,11 +92,19 @@ def triton_repo(opts: TritonRepoOptions) -> dict:
     --export is fetched first; a remote --out is built locally and uploaded, lineage.json last."""
     started = time.time()
     replaced = [f"{name}/{opts.version}" for name in MODELS]  # models already there are replaced at this version
-    with local_copy(opts.export) as export, local_output(opts.out, last=(LINEAGE,), replace=replaced) as out:
+    with (local_copy(opts.export, only=_export_files(opts)) as export,
+          local_output(opts.out, last=(LINEAGE,), replace=replaced) as out):
         configs, model_id = _write(opts, Path(export), out, started)
     return {"repository": opts.out, "flavor": opts.flavor, "precision": opts.precision, "version": opts.version,
             "model_id": model_id,
             "models": {name: c.get("backend") or c.get("platform") for name, c in configs.items()}}
+
+
+def _export_files(opts: TritonRepoOptions) -> tuple[str, ...]:
+    """What of the export folder the repository is built from (a remote export is fetched without the other
+    precisions' towers, and without the TensorRT plans unless the gpu flavor serves them)."""
+    towers = {variant(f, p) for f in (IMAGE_ONNX, TEXT_ONNX) for p in ("fp32", opts.precision)}
+    return (*sorted(towers), "config.json", "tokenizer", LINEAGE, *(("trt",) if opts.flavor == "gpu" else ()))
 
 
 def _write(opts: TritonRepoOptions, export: Path, out: Path, started: float) -> tuple[dict[str, dict], str]:

@@ -1,6 +1,8 @@
 """What any one request may cost the transformer, enforced in front of kserve's app before the work starts.
 
-An ASGI middleware for every POST (the prediction endpoints): a cap on requests in progress (503 with
+An ASGI middleware for every POST: a path other than the prediction endpoints is 404 at once (kserve's
+other verbs, such as :explain, would answer 501, a server error a client could run up); a cap on
+requests in progress (503 with
 Retry-After when full), body bytes counted as they arrive, chunked or not (413 past the limit, 408 when
 the body is too slow), a budget of body bytes held by all requests together (503), a deadline for the
 whole request (504) and cancellation of its work when the client disconnects. Errors leave as a JSON
@@ -27,7 +29,7 @@ IN_PROGRESS = Gauge("kubeclip_transformer_requests_in_progress", "Requests being
 BODY_BYTES = Gauge("kubeclip_transformer_body_bytes_in_progress", "Request body bytes held by requests in progress")
 
 REASONS = {200: "ok", 400: "invalid", 404: "not_found", 405: "invalid", 408: "slow_client", 413: "too_large",
-           415: "unsupported_media", 422: "invalid", 500: "internal", 501: "invalid", 502: "predictor_error",
+           415: "unsupported_media", 422: "invalid", 500: "internal", 502: "predictor_error",
            503: "predictor_unavailable", 504: "deadline"}
 
 
@@ -50,8 +52,9 @@ class GateLimits:
 
 
 class Gate:
-    def __init__(self, app, limits: GateLimits = GateLimits()):
-        self.app, self.limits = app, limits
+    def __init__(self, app, limits: GateLimits = GateLimits(), paths: frozenset[str] | None = None):
+        """`paths`: the POST paths served (None: any)."""
+        self.app, self.limits, self.paths = app, limits, paths
         self.in_progress = 0
         self.body_bytes = 0
 
@@ -61,6 +64,8 @@ class Gate:
         answer = _Answer(send)
         started = time.monotonic()
         try:
+            if self.paths is not None and scope["path"] not in self.paths:
+                raise ServingError(404, "not_found", f"no such endpoint: POST to {' or '.join(sorted(self.paths))}")
             self._check_room()  # before the body is read: a full replica refuses at once
             body, held = await self._read_body(scope, receive, started)
             try:
@@ -102,7 +107,7 @@ class Gate:
             return {"type": "http.disconnect"}
 
         work = asyncio.ensure_future(self.app(scope, replay, answer.send))
-        watch = asyncio.ensure_future(_until_disconnect(receive, disconnected))
+        watch = asyncio.ensure_future(_until_disconnect(receive, disconnected, answer))
         remaining = self.limits.request_timeout_seconds - (time.monotonic() - started)
         done, _ = await asyncio.wait({work, watch}, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
         watch.cancel()
@@ -159,11 +164,17 @@ class Gate:
         BODY_BYTES.set(self.body_bytes)
 
 
-async def _until_disconnect(receive, disconnected: asyncio.Event) -> None:
-    """Returns when the client disconnects (uvicorn's receive gives http.disconnect once the body is read)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    disconnected.set()
+async def _until_disconnect(receive, disconnected: asyncio.Event, answer: _Answer) -> None:
+    """Returns when the client disconnects before its answer has begun. (Once the body is read, uvicorn's
+    receive waits for a disconnect, and also reports one when the response is complete: that one is no
+    reason to cancel anything.)"""
+    while True:
+        message = await receive()
+        if answer.status is not None:
+            await asyncio.Future()  # answered: nothing left to watch; cancelled with the request
+        if message["type"] == "http.disconnect":
+            disconnected.set()
+            return
 
 
 class _Answer:

@@ -259,7 +259,8 @@ class DirectPredict:
         except InvalidInput as e:
             raise ServingError(400, "invalid", str(e)) from None
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
 
 
@@ -306,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
                               for options in (Limits, GateLimits, Capacity))
     transformer = ClipTransformer(args.model_name, limits, capacity)
     model_server.app.add_middleware(DirectPredict, model=transformer)
-    model_server.app.add_middleware(Gate, limits=gate)  # added last: outermost
+    paths = frozenset({f"/v1/models/{args.model_name}:predict", f"/v2/models/{args.model_name}/infer"})
+    model_server.app.add_middleware(Gate, limits=gate, paths=paths)  # added last: outermost
     model_server.RESTServer = _rest_server(args.host, 4 * gate.max_concurrent_requests)
     # kserve's gRPC server (off unless --enable_grpc true) reads its options from kserve's own parse of argv;
     # it gets the request limits (preprocess) and the body limit, but not the REST gate's cap and deadline

@@ -18,6 +18,7 @@ def train(data: dsl.Input[dsl.Dataset], checkpoint: dsl.Output[dsl.Model], metri
     flags pass through as `kubeclip train` takes them (empty strings: not set); `text_tower` (hf:PATH) and
     `image_tower_from` name paths or URLs the training pods can read."""
     from kubeclip.components.lineage import lineage_metadata
+    from kubeclip.components.storage import storage_uri
     from kubeclip.components.train.run import run_task
     from kubeclip.components.train.step import TrainOptions
 
@@ -25,7 +26,9 @@ def train(data: dsl.Input[dsl.Dataset], checkpoint: dsl.Output[dsl.Model], metri
                         warmup=warmup, workers=workers, seed=seed, resume="latest", text_tower=text_tower or None,
                         text_pooling=text_pooling, lock_text=lock_text, lock_image=lock_image, unlock_last=unlock_last,
                         image_tower_from=image_tower_from or None, time_budget=time_budget or None)
-    record = run_task(opts, data.uri, checkpoint.uri, nproc_per_node, namespace, nodes, gpus_per_node, image, run_id)
+    # the PyTorchJob's pods read and write the artifacts' URIs themselves, as fsspec URLs
+    record = run_task(opts, storage_uri(data.uri), storage_uri(checkpoint.uri), nproc_per_node, namespace, nodes,
+                      gpus_per_node, image, run_id)
     for key in ("loss", "logit_scale", "samples_per_second"):
         metrics.log_metric(f"train_{key}", record[key])
     checkpoint.metadata.update(step=record["step"], model=model, **lineage_metadata(checkpoint.path))

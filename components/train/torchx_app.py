@@ -27,5 +27,6 @@ def train(*trainer_args: str, nnodes: int = 1, nproc_per_node: int = 1, image: s
     """
     args = list(trainer_args) if any(a.startswith("--resume") for a in trainer_args) else [*trainer_args,
                                                                                           "--resume", "latest"]
-    return dist.torchrun(*args, m="kubeclip.components.train", image=image, name="kubeclip-train", j=f"{nnodes}x{nproc_per_node}",
+    return dist.torchrun(*args, m="kubeclip.components.train", image=image, name="kubeclip-train",
+                         j=f"{nnodes}x{nproc_per_node}",
                     cpu=cpu, gpu=gpu, memMB=memMB, max_retries=max_retries)

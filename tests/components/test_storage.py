@@ -95,7 +95,7 @@ def test_remote_checkpoints_commit_and_load_their_weights_alone(remote):
 
 
 def test_storage_uri_maps_kfp_artifact_uris_for_fsspec_and_kserve():
-    assert storage_uri("minio://mlpipeline/v2/artifacts/run/task/model") == "s3://mlpipeline/v2/artifacts/run/task/model"
+    assert storage_uri("minio://mlpipeline/v2/artifacts/run/train") == "s3://mlpipeline/v2/artifacts/run/train"
     for unchanged in ("s3://bucket/key", "gs://bucket/key", "/tmp/local/outputs/model", "relative/path",
                       "file:///tmp/model"):
         assert storage_uri(unchanged) == unchanged

@@ -25,7 +25,7 @@ TRANSFORMER = frozenset({
     for suffix in ("bucket", "sum", "count")
 } | {"kubeclip_transformer_requests_total"})
 
-# components/train/metrics.py, served by rank 0 (DESIGN.md, "Training metrics").
+# components/train/metrics.py, served by rank 0 (docs/contracts.md, "Training metrics").
 TRAINING = frozenset({
     "kubeclip_train_loss",
     "kubeclip_train_learning_rate",

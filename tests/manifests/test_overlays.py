@@ -22,13 +22,16 @@ NAMESPACES = {"serving-dev": "kubeclip-dev", "serving-prod": "kubeclip", "traini
               "pipeline-rbac": "kubeclip", "monitoring": "monitoring"}
 CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "ClusterServingRuntime", "ClusterTrainingRuntime", "Namespace",
                  "CustomResourceDefinition"}
-# What the pipeline may do, exactly: (API group, resource, verb).
+# What a pipeline run may do, exactly: (API group, resource, verb, the one object it is limited to, or None).
 PIPELINE_RIGHTS = {
-    *(("kubeflow.org", "pytorchjobs", v) for v in ("create", "get", "list", "watch", "delete")),
-    ("", "pods", "get"),
-    ("", "pods", "list"),  # components/train/launcher.py finds the master pod by label to print its log
-    ("", "pods/log", "get"),
-    *(("serving.kserve.io", "inferenceservices", v) for v in ("create", "get", "patch")),
+    ("argoproj.io", "workflowtaskresults", "create", None),  # Argo's emissary executor reports a step's outputs
+    ("argoproj.io", "workflowtaskresults", "patch", None),
+    ("", "configmaps", "get", "kfp-launcher"),  # KFP v2's driver and launcher: the run's settings
+    ("", "secrets", "get", "kubeclip-storage"),  # KFP's launcher: the object store's credentials
+    *(("kubeflow.org", "pytorchjobs", v, None) for v in ("create", "get", "list", "delete")),
+    ("", "pods", "list", None),  # components/train/launcher.py finds the master pod by label to print its log
+    ("", "pods/log", "get", None),
+    *(("serving.kserve.io", "inferenceservices", v, None) for v in ("create", "get", "patch", "delete")),
 }
 
 
@@ -136,10 +139,10 @@ def test_pipeline_rbac_is_namespaced_and_least_privilege(render):
     objects = render("pipeline-rbac")
     assert sorted(o["kind"] for o in objects) == ["Role", "RoleBinding", "ServiceAccount"]
     role, binding, account = one(objects, "Role"), one(objects, "RoleBinding"), one(objects, "ServiceAccount")
-    granted = [(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
-               for v in rule["verbs"]]
+    granted = [(g, r, v, n) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"] for n in rule.get("resourceNames", [None])]
     assert len(granted) == len(set(granted)) and set(granted) == PIPELINE_RIGHTS
-    assert all(set(rule) == {"apiGroups", "resources", "verbs"} for rule in role["rules"])  # no resourceNames etc.
+    assert all(set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"} for rule in role["rules"])
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],

@@ -23,6 +23,7 @@ def same_weights(a, b) -> bool:
 
 
 def test_save_writes_the_checkpoint_contract(clip, tmp_path):
+    """docs/contracts.md, "Checkpoints"."""
     model.save(clip, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text()) == clip.config.to_dict()
     tokenizer_config = json.loads((tmp_path / "tokenizer" / "tokenizer_config.json").read_text())

@@ -1,5 +1,6 @@
-"""The quality gate passes and fails as DESIGN.md specifies: minimums on dotted paths, an absolute
-regression tolerance against a baseline on the same keys, a readable reason and a non-zero exit."""
+"""The quality gate passes and fails as docs/contracts.md ("Benchmark output") specifies: minimums on dotted
+paths, an absolute regression tolerance against a baseline on the same keys, a readable reason and a non-zero
+exit."""
 
 import json
 import os

@@ -8,7 +8,7 @@ from math import inf
 
 import pytest
 
-from kubeclip.components.deploy.step import canary_health
+from kubeclip.components.deploy.canary import canary_health
 from tests.prometheus import prometheus_server
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, inf)  # kserve's

@@ -1,6 +1,7 @@
 """Deploy: the dry run prints a valid InferenceService; promote and roll-back decisions are made on
 what a real Prometheus server reports about the canary's series: client mistakes never roll it back."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -9,7 +10,8 @@ import time
 import pytest
 import yaml
 
-from kubeclip.components.deploy.step import SERVER_ERRORS, DeployOptions, canary_health, render, verdict
+from kubeclip.components.deploy.canary import SERVER_ERRORS, canary_health, verdict
+from kubeclip.components.deploy.step import DeployOptions, render
 from kubeclip.components.lineage import write_lineage
 from tests.conftest import ROOT, validate_custom_resource
 from tests.prometheus import instant
@@ -93,3 +95,13 @@ def test_the_error_alert_and_the_canary_count_the_same_server_errors():
     rules = yaml.safe_load(SERVING_RULES.read_text())["spec"]["groups"][0]["rules"]
     alert = next(rule for rule in rules if rule.get("alert") == "KubeclipServingErrorRatioHigh")
     assert f"kubeclip_transformer_requests_total{{{SERVER_ERRORS}}}" in alert["expr"]
+
+
+def test_deploy_never_imports_kserve():
+    """The rollout runs in the tests' own process, beside tritonclient.grpc, which registers the same protobuf
+    symbols as kserve: the two cannot share a process, so deploy talks to the API with the kubernetes client."""
+    for source in (ROOT / "components" / "deploy").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(name.split(".")[0] == "kserve" for name in names), f"{source.name} imports kserve"

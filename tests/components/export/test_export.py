@@ -28,6 +28,7 @@ def exported(request, tmp_path_factory):
 
 
 def test_export_writes_the_contract(exported):
+    """docs/contracts.md, "Export"."""
     clip, out, report = exported
     for name in ("image_encoder.onnx", "text_encoder.onnx", "image_encoder.fp16.onnx", "text_encoder.fp16.onnx",
                  "image_encoder.int8.onnx", "text_encoder.int8.onnx", "config.json",

@@ -122,7 +122,8 @@ def close(pixel: tuple, colour: tuple, tolerance: int = 12) -> bool:
 
 
 def read_samples(out: Path, manifest: dict) -> dict[str, dict]:
-    """Every sample of every shard, read with tarfile and checked against the shard contract:
+    """Every sample of every shard, read with tarfile and checked against the shard contract
+    (docs/contracts.md, "Caption shards"):
     key -> {"meta": its .json, "text" or "label", "image": the decoded image}."""
     samples: dict[str, dict] = {}
     for split in manifest["splits"].values():

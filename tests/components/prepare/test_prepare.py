@@ -222,8 +222,8 @@ def test_partitions_merge_into_the_rows_of_one_run(tmp_path):
 def test_cli_params_file_and_flags(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("prepare:\n  samples: 20\n  image_size: 32\n  eval_samples_per_class: 1\n  workers: 1\n")
-    result = subprocess.run([sys.executable, "-m", "kubeclip.components.cli", "prepare", "synthetic", "--params", str(params),
-                             "--out", str(tmp_path / "out"), "--samples", "10"],
+    result = subprocess.run([sys.executable, "-m", "kubeclip.components.cli", "prepare", "synthetic",
+                             "--params", str(params), "--out", str(tmp_path / "out"), "--samples", "10"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1])["rows_in"] == 40  # the flag wins over the file

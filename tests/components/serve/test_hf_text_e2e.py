@@ -52,8 +52,8 @@ TEMPLATES = list(COMPOSITION_TEMPLATES)
 
 
 def kubeclip(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "kubeclip.components.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-m", "kubeclip.components.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, f"kubeclip {' '.join(args[:2])} failed:\n{done.stderr[-3000:]}"
     return done.stdout
 

@@ -65,8 +65,9 @@ def test_hostile_traffic_beside_valid_traffic(guarded, server):
             statuses.append((str(i), response.status_code, response.headers.get("retry-after", "")))
             raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
 
+    cases = hostile.corpus()
+
     def attack(stop: threading.Event) -> None:
-        cases = hostile.corpus()
         with ThreadPoolExecutor(4) as pool:
             while not stop.is_set():
                 for case, status in zip(cases, pool.map(lambda c: hostile.outcome(c, guarded.url), cases)):
@@ -84,10 +85,10 @@ def test_hostile_traffic_beside_valid_traffic(guarded, server):
     print(f"\nvalid traffic beside the hostile corpus: {load.summary()}; hostile answers: {len(answered)}; "
           f"peak RSS MiB: { {k: round(v / 2**20) for k, v in peaks.items()} }")
 
-    cases = {case.name: case for case in hostile.corpus()}
-    wrong = [(name, status) for name, status in answered if not hostile.answered_as_expected(cases[name], status)]
+    by_name = {case.name: case for case in cases}
+    wrong = [(name, status) for name, status in answered if not hostile.answered_as_expected(by_name[name], status)]
     assert not wrong, wrong
-    assert {name for name, _ in answered} == set(cases)  # every case was sent at least once
+    assert {name for name, _ in answered} == set(by_name)  # every case was sent at least once
     assert all(status == 503 and retry for _, status, retry in statuses), statuses  # only "busy", with Retry-After
     succeeded = len(load.latencies)
     assert succeeded >= 0.95 * (succeeded + len(statuses)), (succeeded, statuses)

@@ -200,8 +200,9 @@ def test_an_unknown_model_is_404(transformer):
 def test_kubeclip_serve_transformer_runs_it_against_a_local_triton(server, tmp_path):
     port = free_port()
     with (tmp_path / "serve.log").open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "kubeclip.components.cli", "serve", "--transformer", "--predictor-url",
-                                    server.grpc_url, "--max-batch-size", "16", "--http-port", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", "kubeclip.components.cli", "serve", "--transformer",
+                                    "--predictor-url", server.grpc_url, "--max-batch-size", "16",
+                                    "--http-port", str(port)],
                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -18,8 +18,8 @@ from kubeclip.components.datasets import shard_urls
 from kubeclip.components.options import add_options, options_from_args
 from kubeclip.components.train import data
 from kubeclip.components.train import step as train_step
-from kubeclip.components.train.step import (OPEN, Schedule, TimeBudget, TrainOptions, build_model, param_groups, parse_duration,
-                                   train)
+from kubeclip.components.train.step import (OPEN, Schedule, TimeBudget, TrainOptions, build_model, param_groups,
+                                            parse_duration, train)
 from kubeclip.components.train.text_cache import TextFeatureCache
 from kubeclip.model import hf_text
 from kubeclip.model.losses import ClipLoss

@@ -1,5 +1,5 @@
 """Training runs for real: torchrun with several processes and node agents, a worker killed and the
-run resumed, the checkpoint and metrics contracts, the Prometheus endpoint while training."""
+run resumed, the checkpoint and metrics contracts (docs/contracts.md), the Prometheus endpoint while training."""
 
 import json
 import os
