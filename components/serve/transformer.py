@@ -49,7 +49,9 @@ from kubeclip.model.prompts import build_prompts
 LOGIT_SCALE = 100.0  # the value CLIP's learned temperature is clamped to, as in components/serve/encoder.py
 READY_TTL = 1.0  # seconds a readiness answer of Triton's is reused
 READY_TIMEOUT = 2.0  # seconds a readiness check may take
-UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+# Triton away, stopping or without the model loaded (NOT_FOUND while it unloads on shutdown): not ready, so 503
+UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+               grpc.StatusCode.NOT_FOUND)
 
 INSTANCES = Counter("kubeclip_transformer_instances", "Images and texts received in valid requests", ["kind"])
 CLASSIFIER_CACHE = Counter("kubeclip_transformer_classifier_cache", "Zero-shot classifier lookups", ["result"])
@@ -285,7 +287,9 @@ def parser() -> argparse.ArgumentParser:
     """kserve's model-server flags (the ones KServe injects, underscored) plus the transformer's own."""
     p = argparse.ArgumentParser(prog="python -m kubeclip.components.serve.transformer", description=__doc__,
                                 parents=[model_server.parser], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(model_name="clip", predictor_protocol="grpc-v2", http_port=8080, enable_grpc=False)
+    # kserve's per-request latency log line is off: the request_*_seconds histograms measure the same
+    p.set_defaults(model_name="clip", predictor_protocol="grpc-v2", http_port=8080, enable_grpc=False,
+                   enable_latency_logging=False)
     p.add_argument("--host", default="0.0.0.0", help="address the HTTP server listens on (default: %(default)s)")
     for group, options in (("request limits", Limits), ("replica limits", GateLimits), ("Triton use", Capacity)):
         arguments = p.add_argument_group(group)
@@ -319,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
                              predictor_request_retries=args.predictor_request_retries,
                              predictor_health_check=False)  # healthy() checks Triton's ensembles itself
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
-                       workers=args.workers, predictor_config=config).start([transformer])
+                       workers=args.workers, enable_latency_logging=args.enable_latency_logging,
+                       predictor_config=config).start([transformer])
 
 
 if __name__ == "__main__":
